@@ -1,0 +1,1 @@
+"""The HTTP API's shared machinery: tenancy base classes, auth, errors, pagination."""

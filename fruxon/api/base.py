@@ -1,0 +1,157 @@
+"""The base views every endpoint inherits: tenancy and access in ONE place.
+
+``OrgScopedAPIView`` / ``OrgScopedViewSet`` (DESIGN rule 1, after PostHog's
+``TeamAndOrgViewSetMixin`` and NetBox's ``BaseViewSet.initial()``):
+
+1. DRF authenticates (401 without valid credentials);
+2. ``{tenant}`` is resolved against the caller (``orgs.scoping``): unknown org,
+   non-member, or another org's key -> 404;
+3. when the route has ``{agent}``, the agent is resolved inside the org (404
+   otherwise) and per-agent grants adjust the caller's role;
+4. the view's ``access`` map (Sentry's ``scope_map``) is checked for the HTTP
+   method: a person needs the role, an API key needs the scope -> 403;
+5. ``get_queryset`` is always filtered to the org.
+
+Subclasses cannot override ``initial``, ``get_queryset``, ``check_permissions``,
+``get_permissions`` or ``get_authenticators`` (``__init_subclass__`` refuses the
+class). They narrow a queryset with ``refine_queryset``. The only escape hatch,
+``dangerously_allow_anonymous``, is for the token endpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rest_framework import exceptions, generics, viewsets
+from rest_framework.views import APIView
+
+from fruxon.errors import Forbidden
+from orgs.models import ApiKey
+from orgs.roles import RANK, role_at_least
+from orgs.scoping import resolve_tenant, scoped
+
+_FINAL = ("initial", "get_queryset", "check_permissions", "get_permissions", "get_authenticators")
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call one HTTP method: a person's minimum role, an API key's scope.
+
+    ``scope=None`` means API keys may not call it at all (people only).
+    """
+
+    role: str
+    scope: str | None
+
+
+def _refuse_overrides(cls, base_names: set[str]) -> None:
+    if cls.__name__ in base_names:
+        return
+    for name in _FINAL:
+        if name in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} overrides {name}(); tenancy and access checks live only in "
+                "fruxon.api.base. Use refine_queryset() or the access map instead."
+            )
+
+
+class _TenantScoped:
+    """Shared by the APIView and ViewSet bases. See the module docstring."""
+
+    access: ClassVar[dict[str, Access]] = {}
+    agent_url_kwarg: ClassVar[str] = "agent"
+
+    organization = None
+    agent = None
+    role: str | None = None
+    api_key: ApiKey | None = None
+
+    _BASES = {"_TenantScoped", "OrgScopedAPIView", "OrgScopedViewSet", "OrgScopedGenericAPIView"}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _refuse_overrides(cls, cls._BASES)
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authentication -> 401, throttles
+        self.api_key = request.auth if isinstance(request.auth, ApiKey) else None
+        tenant = resolve_tenant(slug=kwargs["tenant"], user=request.user, api_key=self.api_key)
+        self.organization, self.role = tenant.organization, tenant.role
+        if self.agent_url_kwarg in kwargs:
+            from agents.scoping import resolve_agent_for  # agents app builds on orgs
+
+            self.agent, self.role = resolve_agent_for(
+                organization=self.organization,
+                slug=kwargs[self.agent_url_kwarg],
+                user=request.user,
+                org_role=self.role,
+                api_key=self.api_key,
+            )
+        self._check_access(request)
+
+    def access_for_method(self, method: str) -> Access:
+        method = "GET" if method == "HEAD" else method
+        if method == "OPTIONS" and self.access:
+            # Describing an endpoint needs no more than its least-privileged method.
+            return min(self.access.values(), key=lambda a: RANK[a.role])
+        try:
+            return self.access[method]
+        except KeyError:
+            raise exceptions.MethodNotAllowed(method) from None
+
+    def _check_access(self, request) -> None:
+        access = self.access_for_method(request.method)
+        if self.api_key is not None:
+            if access.scope is None:
+                raise Forbidden("This endpoint is for people; API keys cannot call it.")
+            if access.scope not in self.api_key.scopes:
+                raise Forbidden(f"This API key lacks the '{access.scope}' scope.", details={"requiredScope": access.scope})
+            return
+        if not role_at_least(self.role, access.role):
+            raise Forbidden(
+                f"This needs the {access.role} role; you are {self.role}.",
+                details={"requiredRole": access.role, "role": self.role},
+            )
+
+    def get_queryset(self):
+        return self.refine_queryset(scoped(self.queryset.all(), self.organization))
+
+    def refine_queryset(self, queryset):
+        """Hook: narrow the org-scoped queryset (filters, select_related)."""
+        return queryset
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        context["organization"] = self.organization
+        context["agent"] = self.agent
+        return context
+
+
+class OrgScopedAPIView(_TenantScoped, APIView):
+    """For single-purpose endpoints (custom ``:methods``, settings)."""
+
+
+class OrgScopedGenericAPIView(_TenantScoped, generics.GenericAPIView):
+    """For endpoints that need a queryset and serializers but are not CRUD sets."""
+
+
+class OrgScopedViewSet(_TenantScoped, viewsets.GenericViewSet):
+    """For CRUD collections of one tenant-owned model."""
+
+
+class PrincipalAPIView(APIView):
+    """Endpoints outside any tenant (``/v1/orgs``, ``/v1/auth/token``).
+
+    Authentication is required unless the method is listed in
+    ``dangerously_allow_anonymous`` (only the login endpoint does this).
+    """
+
+    dangerously_allow_anonymous: ClassVar[tuple[str, ...]] = ()
+    people_only: ClassVar[bool] = True
+
+    def initial(self, request, *args, **kwargs):
+        if request.method in self.dangerously_allow_anonymous:
+            self.permission_classes = []
+        super().initial(request, *args, **kwargs)
+        if self.people_only and isinstance(request.auth, ApiKey) and request.method not in self.dangerously_allow_anonymous:
+            raise Forbidden("This endpoint is for people; API keys cannot call it.")

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class FruxonConfig(AppConfig):
+    name = "fruxon"
+    verbose_name = "Fruxon"
+
+    def ready(self) -> None:
+        from fruxon.api import schema  # noqa: F401  (registers OpenAPI auth extensions)

@@ -1,0 +1,27 @@
+"""URL map: /v1/ (API), /v1/schema + /v1/docs (OpenAPI), /admin/ (people).
+
+Anything else answers the JSON 404 error shape, in DEBUG too.
+"""
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from fruxon import converters  # noqa: F401  (registers the "name" converter)
+from fruxon.api import errors
+from orgs.api import urls as orgs_urls
+
+tenant_urls = [*orgs_urls.tenant_urls]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("v1/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("v1/", include(orgs_urls.principal_urls)),
+    path("v1/<name:tenant>/", include(tenant_urls)),
+    re_path(r"^.*$", errors.handler404, name="not-found"),
+]
+
+handler400 = errors.handler400
+handler403 = errors.handler403
+handler404 = errors.handler404
+handler500 = errors.handler500
