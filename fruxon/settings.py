@@ -9,6 +9,7 @@
 """
 from pathlib import Path
 import os
+import sys
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -28,7 +29,8 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 
 DEBUG = env_bool("DEBUG", False)
-TESTING = env_bool("FRUXON_TESTING", False)
+# pytest imports settings itself; running under it implies test settings.
+TESTING = env_bool("FRUXON_TESTING", False) or "pytest" in sys.modules
 
 # Development-only defaults: they are refused unless DEBUG or tests are on,
 # so a production deploy cannot silently run on a public key.

@@ -10,7 +10,9 @@
    otherwise) and per-agent grants adjust the caller's role;
 4. the view's ``access`` map (Sentry's ``scope_map``) is checked for the HTTP
    method: a person needs the role, an API key needs the scope -> 403;
-5. ``get_queryset`` is always filtered to the org.
+5. an object named in the URL is looked up in the org's queryset (404) and kept
+   as ``self.object`` before the handler reads any body;
+6. ``get_queryset`` is always filtered to the org.
 
 Subclasses cannot override ``initial``, ``get_queryset``, ``check_permissions``,
 ``get_permissions`` or ``get_authenticators`` (``__init_subclass__`` refuses the
@@ -59,6 +61,8 @@ class _TenantScoped:
     """Shared by the APIView and ViewSet bases. See the module docstring."""
 
     access: ClassVar[dict[str, Access]] = {}
+    # Methods that create-or-update the object named in the URL (no 404 when absent).
+    upsert_methods: ClassVar[tuple[str, ...]] = ()
     agent_url_kwarg: ClassVar[str] = "agent"
 
     organization = None
@@ -88,6 +92,12 @@ class _TenantScoped:
                 api_key=self.api_key,
             )
         self._check_access(request)
+        self.object = None
+        lookup = getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", None)
+        if lookup in kwargs and request.method not in self.upsert_methods:
+            # Objects named in the URL resolve inside the org before any body is
+            # read: another org's id is a 404 whatever the body holds.
+            self.object = self.get_object()
 
     def access_for_method(self, method: str) -> Access:
         method = "GET" if method == "HEAD" else method

@@ -110,7 +110,7 @@ class MemberViewSet(OrgScopedViewSet):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def retrieve(self, request, tenant, pk):
-        return Response(self.get_serializer(self.get_object()).data)
+        return Response(self.get_serializer(self.object).data)
 
     @extend_schema(request=s.MemberCreate, responses={201: s.MembershipSerializer})
     def create(self, request, tenant):
@@ -123,11 +123,11 @@ class MemberViewSet(OrgScopedViewSet):
     def partial_update(self, request, tenant, pk):
         data = validated(s.MemberUpdate, request.data)
         membership = members.change_role(actor=_actor(request), organization=self.organization,
-                                         membership_id=self.get_object().pk, role=data["role"])
+                                         membership_id=self.object.pk, role=data["role"])
         return Response(self.get_serializer(membership).data)
 
     def destroy(self, request, tenant, pk):
-        members.remove_member(actor=_actor(request), organization=self.organization, membership_id=self.get_object().pk)
+        members.remove_member(actor=_actor(request), organization=self.organization, membership_id=self.object.pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -149,7 +149,7 @@ class ApiKeyViewSet(OrgScopedViewSet):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def retrieve(self, request, tenant, pk):
-        return Response(self.get_serializer(self.get_object()).data)
+        return Response(self.get_serializer(self.object).data)
 
     @extend_schema(request=s.ApiKeyCreate, responses={201: s.ApiKeyCreated})
     def create(self, request, tenant):
@@ -159,14 +159,14 @@ class ApiKeyViewSet(OrgScopedViewSet):
 
     @extend_schema(request=None, responses={204: None}, description="Revoke the key; it stops working at once.")
     def destroy(self, request, tenant, pk):
-        api_keys.revoke_key(actor=_actor(request), organization=self.organization, key_id=self.get_object().pk)
+        api_keys.revoke_key(actor=_actor(request), organization=self.organization, key_id=self.object.pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=s.ApiKeyRotate, responses={201: s.ApiKeyCreated},
                    description="Mint a successor key with the same scopes; the old key keeps working for overlapSeconds.")
     def rotate(self, request, tenant, pk):
         data = validated(s.ApiKeyRotate, request.data)
-        minted = api_keys.rotate_key(actor=_actor(request), organization=self.organization, key_id=self.get_object().pk,
+        minted = api_keys.rotate_key(actor=_actor(request), organization=self.organization, key_id=self.object.pk,
                                      overlap=timedelta(seconds=data["overlapSeconds"]))
         return Response(s.ApiKeyCreated(minted.key, context={"plaintext": minted.plaintext}).data, status=status.HTTP_201_CREATED)
 
@@ -185,6 +185,7 @@ class SecretViewSet(OrgScopedViewSet):
     serializer_class = s.SecretSerializer
     lookup_field = "name"
     ordering = "name"
+    upsert_methods = ("PUT",)
     access = {
         "GET": Access(EDITOR, "secrets:read"),
         "PUT": Access(OWNER, "secrets:write"),
@@ -200,7 +201,7 @@ class SecretViewSet(OrgScopedViewSet):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def retrieve(self, request, tenant, name):
-        return Response(self.get_serializer(self.get_object()).data)
+        return Response(self.get_serializer(self.object).data)
 
     @extend_schema(request=s.SecretPut, responses={200: s.SecretSerializer, 201: s.SecretSerializer},
                    description="Create the secret or update it; a value makes a new version. The value is never returned.")
@@ -240,7 +241,7 @@ class IntegrationViewSet(OrgScopedViewSet):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def retrieve(self, request, tenant, slug):
-        return Response(self.get_serializer(self.get_object()).data)
+        return Response(self.get_serializer(self.object).data)
 
     @extend_schema(request=s.IntegrationWrite, responses={201: s.IntegrationSerializer})
     def create(self, request, tenant):
@@ -252,11 +253,11 @@ class IntegrationViewSet(OrgScopedViewSet):
     def partial_update(self, request, tenant, slug):
         changes = dict(validated(s.IntegrationPatch, request.data))
         integration = integrations.update_integration(actor=_actor(request), organization=self.organization,
-                                                      slug=self.get_object().slug, changes=changes)
+                                                      slug=self.object.slug, changes=changes)
         return Response(self.get_serializer(integration).data)
 
     def destroy(self, request, tenant, slug):
-        integrations.delete_integration(actor=_actor(request), organization=self.organization, slug=self.get_object().slug)
+        integrations.delete_integration(actor=_actor(request), organization=self.organization, slug=self.object.slug)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

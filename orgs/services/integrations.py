@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from fruxon.errors import Conflict, InvalidRequest, NotFound
+from fruxon.errors import InvalidRequest, NotFound
 from orgs.actor import Actor
 from orgs.models import Integration, Organization, Secret
 
@@ -38,7 +38,8 @@ def create_integration(*, actor: Actor, organization: Organization, slug: str, *
             audit.record(organization=organization, actor=actor, action="integration.created", target_type="integration",
                          target_id=slug, data=_public(fields))
     except IntegrityError:
-        raise Conflict(f"An integration '{slug}' already exists.", code="slug_taken") from None
+        raise InvalidRequest(f"An integration '{slug}' already exists.", code="slug_taken",
+                             details={"fields": {"slug": ["Already taken."]}}) from None
     return integration
 
 

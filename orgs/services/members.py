@@ -40,7 +40,8 @@ def add_member(*, actor: Actor, organization: Organization, user_identifier: str
     user = find_user(user_identifier)
     with transaction.atomic():
         if Membership.objects.filter(organization=organization, user=user).exists():
-            raise Conflict(f"'{user.get_username()}' is already a member.", code="already_member")
+            raise InvalidRequest(f"'{user.get_username()}' is already a member.", code="already_member",
+                                 details={"fields": {"user": ["Already a member."]}})
         membership = Membership.objects.create(organization=organization, user=user, role=role)
         audit.record(organization=organization, actor=actor, action="member.added", target_type="membership",
                      target_id=membership.pk, data={"user": user.get_username(), "role": role})

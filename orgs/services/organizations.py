@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.db import IntegrityError, transaction
 
-from fruxon.errors import Conflict
+from fruxon.errors import InvalidRequest
 from orgs.actor import Actor
 from orgs.models import Membership, Organization
 from orgs.roles import OWNER
@@ -20,7 +20,8 @@ def create_organization(*, actor: Actor, slug: str, name: str, retention_days: i
             audit.record(organization=org, actor=actor, action="org.created", target_type="organization",
                          target_id=org.slug, data={"name": name, "retentionDays": retention_days})
     except IntegrityError:
-        raise Conflict(f"An organization with slug '{slug}' already exists.", code="slug_taken") from None
+        raise InvalidRequest(f"An organization with slug '{slug}' already exists.", code="slug_taken",
+                             details={"fields": {"slug": ["Already taken."]}}) from None
     return org
 
 

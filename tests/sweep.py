@@ -1,0 +1,85 @@
+"""The route inventory the sweep tests walk, generated from Django's URL resolver.
+
+Every route under ``/v1/<tenant>/`` must have an entry in ``OBJECTS`` saying
+how to point it at org A's objects; a route without one fails
+``test_every_tenant_route_is_covered``. That is the point: a new endpoint
+cannot ship without isolation and role coverage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from fruxon.api.base import OrgScopedAPIView, OrgScopedGenericAPIView, OrgScopedViewSet
+
+TENANT_BASES = (OrgScopedAPIView, OrgScopedGenericAPIView, OrgScopedViewSet)
+PRINCIPAL_ROUTES = {"auth-token", "org-list"}
+NON_API_ROUTES = {"schema", "docs", "not-found"}
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    pattern: str
+    view_class: type
+    methods: tuple[str, ...]
+
+
+def _walk(patterns, prefix=""):
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            yield from _walk(entry.url_patterns, prefix + str(entry.pattern))
+        elif isinstance(entry, URLPattern):
+            yield prefix + str(entry.pattern), entry
+
+
+def api_routes() -> list[Route]:
+    routes = []
+    for pattern, entry in _walk(get_resolver().url_patterns):
+        if not pattern.startswith("v1/"):
+            continue
+        callback = entry.callback
+        cls = getattr(callback, "cls", None)
+        if cls is None:
+            continue
+        actions = getattr(callback, "actions", None)
+        if actions:
+            methods = tuple(sorted(m.upper() for m in actions if m != "head"))
+        else:
+            methods = tuple(sorted(m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if hasattr(cls, m.lower())))
+        routes.append(Route(entry.name, pattern, cls, methods))
+    return routes
+
+
+def tenant_routes() -> list[Route]:
+    return [r for r in api_routes() if "<name:tenant>" in r.pattern]
+
+
+@dataclass
+class Target:
+    """How to aim a route at org A: URL kwargs (besides tenant) and upsert routes."""
+
+    kwargs: Callable[[object], dict] = field(default=lambda w: {})
+    # Methods that create-or-update by a name in the URL: under another org's
+    # slug they create a new row there instead of 404; the sweep then checks
+    # that org A's object is untouched.
+    upsert_methods: tuple[str, ...] = ()
+
+
+OBJECTS: dict[str, Target] = {
+    "org-settings": Target(),
+    "member-list": Target(),
+    "member-detail": Target(lambda w: {"pk": w.a_viewer_membership.pk}),
+    "apikey-list": Target(),
+    "apikey-scopes": Target(),
+    "apikey-detail": Target(lambda w: {"pk": w.a_key.pk}),
+    "apikey-rotate": Target(lambda w: {"pk": w.a_key.pk}),
+    "secret-list": Target(),
+    "secret-detail": Target(lambda w: {"name": "ALPHA_SECRET"}, upsert_methods=("PUT",)),
+    "secret-rollback": Target(lambda w: {"name": "ALPHA_SECRET"}),
+    "integration-list": Target(),
+    "integration-detail": Target(lambda w: {"slug": "alpha-int"}),
+    "auditevent-list": Target(),
+}

@@ -1,0 +1,163 @@
+"""Isolation and role sweeps over every API route (DESIGN rules 1 and 2).
+
+Generated from the URL resolver: for each tenant route and each HTTP method,
+- isolation: org B's owner and org B's all-scope API key get 404 on org A's slug
+  and on org A's object ids under their own slug; lists never show A's rows;
+- roles: no credentials 401; a person one role short 403; the exact role is let
+  through; a key with every scope but the needed one 403, with only it let through.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.urls import reverse
+
+from orgs.models import ApiKey, Membership, Organization, Secret, SecretVersion
+from orgs.roles import ALL_SCOPES, RANK
+
+from . import factories as f
+from .conftest import Api
+from .sweep import NON_API_ROUTES, OBJECTS, PRINCIPAL_ROUTES, TENANT_BASES, api_routes, tenant_routes
+
+CASES = [(r.name, m) for r in tenant_routes() for m in r.methods]
+ROUTES = {r.name: r for r in tenant_routes()}
+MARKER = "alpha"
+
+
+@dataclass
+class World:
+    a: Organization
+    b: Organization
+    a_users: dict
+    b_owner: object
+    a_key: ApiKey
+    a_viewer_membership: Membership
+    b_key_plain: str
+
+
+@pytest.fixture
+def world(db) -> World:
+    a = f.OrganizationFactory(slug="alpha", name="Alpha")
+    b = f.OrganizationFactory(slug="beta", name="Beta")
+    a_users = {role: f.member(a, role, f"alpha-{role}") for role in ("owner", "editor", "viewer")}
+    b_owner = f.member(b, "owner", "beta-owner")
+    f.secret(a, "ALPHA_SECRET", "alpha-secret-value")
+    f.integration(a, "alpha-int", name="alpha integration")
+    a_key, _ = f.api_key(a, preset="admin", name="alpha key")
+    _, b_plain = f.api_key(b, preset="admin", name="beta key")
+    f.secret(b, "BETA_SECRET", "beta-secret-value")
+    f.integration(b, "beta-int")
+    return World(a, b, a_users, b_owner, a_key,
+                 Membership.objects.get(organization=a, user=a_users["viewer"]), b_plain)
+
+
+def _call(client, method: str, url: str):
+    return getattr(client, method.lower())(url, {}, format="json") if method != "GET" else client.get(url)
+
+
+def _url(name: str, slug: str, world: World) -> str:
+    return reverse(name, kwargs={"tenant": slug, **OBJECTS[name].kwargs(world)})
+
+
+def _assert_error(response, status: int, code: str | None = None):
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    body = response.json()
+    assert set(body) == {"error"} and {"code", "message", "details"} <= set(body["error"])
+    if code:
+        assert body["error"]["code"] == code
+
+
+# --- coverage: a new route cannot slip through --------------------------------------------
+def test_every_tenant_route_is_covered():
+    missing = sorted(r.name for r in tenant_routes() if r.name not in OBJECTS)
+    assert not missing, f"Routes without sweep coverage (add them to tests/sweep.py OBJECTS): {missing}"
+    stale = sorted(set(OBJECTS) - set(ROUTES))
+    assert not stale, f"OBJECTS entries for routes that no longer exist: {stale}"
+
+
+def test_every_api_route_uses_the_scoped_base():
+    for route in api_routes():
+        if route.name in PRINCIPAL_ROUTES or route.name in NON_API_ROUTES:
+            continue
+        assert issubclass(route.view_class, TENANT_BASES), f"{route.name} bypasses the tenancy base class"
+        assert "<name:tenant>" in route.pattern, route.pattern
+        for method in route.methods:
+            assert method in route.view_class.access, f"{route.name} {method} has no access declaration"
+
+
+# --- isolation -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,method", CASES)
+def test_other_org_member_and_key_get_404(world, name, method):
+    clients = {"member": Api.as_user(world.b_owner), "key": Api.as_key(world.b_key_plain)}
+    before = list(SecretVersion.objects.filter(organization=world.a).values_list("pk", "ciphertext"))
+    for who, client in clients.items():
+        # org A's slug: B's people and keys do not even learn that it exists
+        _assert_error(_call(client, method, _url(name, world.a.slug, world)), 404, "not_found")
+        # B's own slug with A's object ids
+        target = OBJECTS[name]
+        if target.kwargs(world):
+            response = _call(client, method, _url(name, world.b.slug, world))
+            if method in target.upsert_methods:
+                assert response.status_code in (200, 201, 400), (who, response.status_code)
+            else:
+                _assert_error(response, 404, "not_found")
+    assert list(SecretVersion.objects.filter(organization=world.a).values_list("pk", "ciphertext")) == before
+    assert Secret.objects.get(organization=world.a, name="ALPHA_SECRET").current_version == 1
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in ROUTES.items() if "GET" in r.methods))
+def test_reads_never_show_another_orgs_rows(world, name):
+    for client in (Api.as_user(world.b_owner), Api.as_key(world.b_key_plain)):
+        response = client.get(_url(name, world.b.slug, world)) if not OBJECTS[name].kwargs(world) else None
+        if response is None:
+            continue
+        assert response.status_code == 200, response.content[:300]
+        assert MARKER not in response.content.decode().lower(), response.content[:500]
+
+
+# --- roles and scopes --------------------------------------------------------------------------
+@pytest.mark.parametrize("name,method", CASES)
+def test_no_credentials_is_401(world, name, method):
+    _assert_error(_call(Api.anonymous(), method, _url(name, world.a.slug, world)), 401, "unauthenticated")
+
+
+@pytest.mark.parametrize("name,method", CASES)
+def test_roles_below_the_required_one_get_403(world, name, method):
+    required = ROUTES[name].view_class.access[method].role
+    lower = [role for role in ("viewer", "editor") if RANK[role] < RANK[required]]
+    for role in lower:
+        _assert_error(_call(Api.as_user(world.a_users[role]), method, _url(name, world.a.slug, world)), 403, "forbidden")
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        assert required != "viewer", f"{name} {method} lets viewers change things"
+
+
+@pytest.mark.parametrize("name,method", CASES)
+def test_the_required_role_is_let_through(world, name, method):
+    required = ROUTES[name].view_class.access[method].role
+    response = _call(Api.as_user(world.a_users[required]), method, _url(name, world.a.slug, world))
+    assert response.status_code not in (401, 403, 404, 405), (response.status_code, response.content[:300])
+
+
+@pytest.mark.parametrize("name,method", CASES)
+def test_keys_need_the_exact_scope(world, name, method):
+    scope = ROUTES[name].view_class.access[method].scope
+    url = _url(name, world.a.slug, world)
+    if scope is None:
+        _, everything = f.api_key(world.a, scopes=list(ALL_SCOPES))
+        _assert_error(_call(Api.as_key(everything), method, url), 403, "forbidden")
+        return
+    _, all_but = f.api_key(world.a, scopes=[s for s in ALL_SCOPES if s != scope])
+    _assert_error(_call(Api.as_key(all_but), method, url), 403, "forbidden")
+    _, only = f.api_key(world.a, scopes=[scope], name="only")
+    response = _call(Api.as_key(only, header="bearer"), method, url)
+    assert response.status_code not in (401, 403, 404, 405), (response.status_code, response.content[:300])
+
+
+# --- routes outside a tenant --------------------------------------------------------------------
+def test_principal_routes(world):
+    _assert_error(Api.anonymous().get("/v1/orgs"), 401, "unauthenticated")
+    _assert_error(Api.as_key(world.b_key_plain).get("/v1/orgs"), 403, "forbidden")
+    _assert_error(Api.anonymous().delete("/v1/auth/token"), 401, "unauthenticated")
+    slugs = [o["slug"] for o in Api.as_user(world.b_owner).get("/v1/orgs").json()["results"]]
+    assert slugs == ["beta"]
