@@ -6,4 +6,5 @@ class FruxonConfig(AppConfig):
     verbose_name = "Fruxon"
 
     def ready(self) -> None:
+        from fruxon import converters  # noqa: F401  (registers the "name" URL converter)
         from fruxon.api import schema  # noqa: F401  (registers OpenAPI auth extensions)

@@ -23,9 +23,15 @@ class MintedKey:
 
 
 def _forget(key: ApiKey) -> None:
+    """Drop the cached lookup now and again after commit.
+
+    Now, so this process stops honouring the key at once; after commit, because
+    a concurrent request may have re-cached the pre-commit row in between.
+    """
     from fruxon.api.authentication import forget_key
 
     forget_key(key)
+    transaction.on_commit(lambda: forget_key(key))
 
 
 def create_key(*, actor: Actor, organization: Organization, name: str, scopes: list[str] | None = None,
@@ -67,7 +73,7 @@ def revoke_key(*, actor: Actor, organization: Organization, key_id) -> ApiKey:
         key.save(update_fields=["revoked_at"])
         audit.record(organization=organization, actor=actor, action="key.revoked", target_type="api_key",
                      target_id=key.pk, data={"prefix": key.prefix})
-        transaction.on_commit(lambda: _forget(key))
+        _forget(key)
     return key
 
 
@@ -92,5 +98,5 @@ def rotate_key(*, actor: Actor, organization: Organization, key_id, overlap: tim
         audit.record(organization=organization, actor=actor, action="key.rotated", target_type="api_key",
                      target_id=old.pk, data={"oldPrefix": old.prefix, "newPrefix": prefix, "newKeyId": new.pk,
                                              "oldKeyExpiresAt": old.expires_at.isoformat()})
-        transaction.on_commit(lambda: _forget(old))
+        _forget(old)
     return MintedKey(new, plaintext)

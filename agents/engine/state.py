@@ -1,0 +1,95 @@
+"""Per-run state shared by all threads and sub-runs (:class:`RunState`), and the
+per-(sub-)run :class:`Frame`.
+
+``RunState`` caches what the runtime answers for the length of one run: a
+secret is resolved once per (agent, name) and registered with the redactor the
+moment it is resolved; integrations and prices once per key. That keeps the
+execute hot path to a handful of runtime calls however long the tool loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .errors import RunCancelled, RunTimeout
+from .providers.base import Provider
+from .runtime import IntegrationInfo, Price, Runtime
+from .templating import Redactor
+from .trace import Recorder
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One run or sub-run: which agent, on which spec and inputs, until when.
+
+    ``chain`` lists the agents on the call chain, root first (sub-agent cycle and
+    depth checks); ``parent_span_id`` is the ``subAgent`` span of a sub-run.
+    """
+
+    agent: str
+    revision_id: str | None
+    spec: Mapping[str, Any]
+    inputs: Mapping[str, Any]
+    deadline: float
+    chain: tuple[str, ...]
+    parent_span_id: str | None = None
+
+    def check(self, state: RunState) -> None:
+        """Raise if the run was cancelled or its deadline passed: called before each call out."""
+        if state.cancel.is_set():
+            raise RunCancelled("stopped: another part of the run failed")
+        if time.monotonic() >= self.deadline:
+            raise RunTimeout("the run passed its timeoutSeconds")
+
+
+_MISSING = object()
+
+
+class RunState:
+    def __init__(self, *, runtime: Runtime, providers: Mapping[str, Provider], shadow: bool,
+                 execute: Callable[[Frame, RunState], Any], client: httpx.Client):
+        self.runtime = runtime
+        self.providers = providers
+        self.shadow = shadow
+        # The workflow executor, injected so sub-agent calls can run a nested frame
+        # without the step module importing the workflow module (which imports it).
+        self.execute = execute
+        self.client = client
+        self.recorder = Recorder()
+        self.redactor = Redactor()
+        self.cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def _cached(self, key: tuple[str, ...], load: Callable[[], Any]) -> Any:
+        with self._lock:
+            value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            # Loaded outside the lock: a slow runtime must not serialize parallel steps.
+            value = load()
+            with self._lock:
+                self._cache[key] = value
+        return value
+
+    def secret(self, agent: str, name: str) -> str:
+        def load() -> str:
+            value = self.runtime.resolve_secret(name, agent=agent)
+            self.redactor.add(name, value)
+            return value
+
+        return self._cached(("secret", agent, name), load)
+
+    def integration(self, slug: str) -> IntegrationInfo | None:
+        return self._cached(("integration", slug), lambda: self.runtime.get_integration(slug))
+
+    def agent(self, slug: str, revision_id: str | None) -> tuple[str, Mapping[str, Any]]:
+        return self._cached(("agent", slug, revision_id or ""), lambda: self.runtime.load_agent(slug, revision_id))
+
+    def price(self, provider: str, model: str) -> Price | None:
+        return self._cached(("price", provider, model), lambda: self.runtime.price_for(provider, model))

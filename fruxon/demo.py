@@ -1,0 +1,57 @@
+"""Seed data for ``manage.py demo``: idempotent, so running the demo twice is safe.
+
+Credentials are fixed and printed: this is a local demo, never a deployment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from orgs.actor import Actor
+from orgs.credentials import hash_credential
+from orgs.models import ApiKey, Membership, Organization
+from orgs.roles import PRESETS
+from orgs.services import integrations, secrets
+
+DEMO_ORG = "demo"
+DEMO_KEY = "fx_live_demo_0000000000000000000000000000000000"
+USERS = {"owner": "owner-pass-123", "editor": "editor-pass-123", "viewer": "viewer-pass-123"}
+
+
+@dataclass
+class Seeded:
+    org: Organization
+    users: dict[str, str] = field(default_factory=dict)
+    api_key: str = DEMO_KEY
+
+
+def _user(username: str, password: str):
+    User = get_user_model()
+    user, created = User.objects.get_or_create(username=username, defaults={"email": f"{username}@demo.fruxon.local"})
+    if created or not user.check_password(password):
+        user.set_password(password)
+    user.is_staff = True  # the demo's people all use the admin
+    user.save()
+    return user
+
+
+@transaction.atomic
+def seed() -> Seeded:
+    org, _ = Organization.objects.get_or_create(slug=DEMO_ORG, defaults={"name": "Demo", "retention_days": 30})
+    system = Actor(system=True)
+    for role, password in USERS.items():
+        user = _user(role, password)
+        Membership.objects.update_or_create(organization=org, user=user, defaults={"role": role})
+    if not ApiKey.objects.filter(key_hash=hash_credential(DEMO_KEY)).exists():
+        ApiKey.objects.create(organization=org, name="demo key", prefix=DEMO_KEY[:12],
+                              key_hash=hash_credential(DEMO_KEY), scopes=sorted(PRESETS["admin"]))
+    if not org.secret_set.filter(name="SHOP_TOKEN").exists():
+        secrets.put_secret(actor=system, organization=org, name="SHOP_TOKEN", value="demo-shop-token",
+                           description="Token for the demo shop API", allowed_agents=["*"])
+    if not org.integration_set.filter(slug="shop-api").exists():
+        integrations.create_integration(actor=system, organization=org, slug="shop-api", name="Shop API",
+                                        config={"baseUrl": "http://127.0.0.1:8000/demo-shop", "headers": {}},
+                                        credentials_secret="SHOP_TOKEN", side_effects=False, status="connected")
+    return Seeded(org=org, users=dict(USERS))

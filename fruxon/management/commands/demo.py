@@ -1,0 +1,36 @@
+"""``manage.py demo``: migrate, seed a demo org, print credentials, serve on 127.0.0.1:8000.
+
+Runs on SQLite with no Redis (Celery eager). ``--no-serve`` only seeds.
+"""
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from fruxon import demo
+
+
+class Command(BaseCommand):
+    help = "Migrate, seed the demo organization and serve the API and admin on 127.0.0.1:8000."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addrport", default="127.0.0.1:8000")
+        parser.add_argument("--no-serve", action="store_true", help="Seed and exit.")
+
+    def handle(self, *args, addrport: str, no_serve: bool, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        seeded = demo.seed()
+        base = f"http://{addrport}"
+        lines = [
+            "",
+            f"Fruxon demo: organization '{seeded.org.slug}'",
+            f"  admin:   {base}/admin/",
+            f"  API:     {base}/v1/   docs: {base}/v1/docs",
+            "  people (username / password, role):",
+            *[f"    {name} / {password}  ({name})" for name, password in seeded.users.items()],
+            f"  API key (admin scopes): {seeded.api_key}",
+            f"  try:     curl -H 'X-API-KEY: {seeded.api_key}' {base}/v1/{seeded.org.slug}/integrations",
+            "",
+        ]
+        self.stdout.write("\n".join(lines))
+        if not no_serve:
+            call_command("runserver", addrport, use_reloader=False, insecure_serving=not settings.DEBUG)

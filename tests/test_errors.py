@@ -1,0 +1,61 @@
+"""Every 4xx/5xx is the JSON error shape, including unknown routes, wrong methods and crashes."""
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+from django.urls import path
+
+from fruxon.api.base import Access, OrgScopedAPIView
+
+
+def _shape(response, status, code):
+    assert response.status_code == status, response.content[:300]
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["error"]["code"] == code and body["error"]["message"]
+    return body
+
+
+@pytest.mark.parametrize("url", ["/nope", "/v1/", "/v1/acme/unknown-thing", "/v1/acme/members/abc", "/v1/acme/agents/x:explode"])
+def test_unknown_routes_are_json_404(client, url):
+    _shape(client.get(url), 404, "not_found")
+
+
+def test_unknown_routes_are_json_404_in_debug_too(client):
+    with override_settings(DEBUG=True):
+        _shape(client.get("/definitely/not/here"), 404, "not_found")
+
+
+def test_wrong_method_is_json_405(org, owner_client):
+    _shape(owner_client.delete("/v1/acme/audit-events"), 405, "method_not_allowed")
+    _shape(owner_client.put("/v1/orgs", {}, format="json"), 405, "method_not_allowed")
+
+
+class Boom(OrgScopedAPIView):
+    access = {"GET": Access("viewer", "org:read")}
+
+    def get(self, request, tenant):
+        raise RuntimeError("database password is hunter2")
+
+
+urlpatterns = [path("v1/<name:tenant>/boom", Boom.as_view())]
+
+
+@override_settings(ROOT_URLCONF=__name__, DEBUG=False)
+def test_unhandled_exception_is_json_500_without_trace(org, owner_client):
+    body = _shape(owner_client.get("/v1/acme/boom"), 500, "internal_error")
+    text = str(body)
+    assert "hunter2" not in text and "Traceback" not in text and "RuntimeError" not in text
+
+
+def test_subclass_cannot_bypass_tenancy():
+    with pytest.raises(TypeError, match="tenancy"):
+        class Sneaky(OrgScopedAPIView):  # noqa: F841
+            def initial(self, request, *args, **kwargs):
+                return None
+    with pytest.raises(TypeError):
+        from fruxon.api.base import OrgScopedViewSet
+
+        class Sneakier(OrgScopedViewSet):  # noqa: F841
+            def get_queryset(self):
+                return None
