@@ -74,3 +74,12 @@ def _clear_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+def pytest_runtest_logreport(report):
+    """With FRUXON_FAIL_ON_SKIP (CI), a skipped test fails the run: a skip is a broken promise."""
+    import os
+
+    if os.environ.get("FRUXON_FAIL_ON_SKIP") and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which is not allowed: {report.longrepr}"

@@ -29,7 +29,7 @@ RUN_STATUSES = ("ok", "error", "timeout", "max_tool_calls", "budget_exceeded")
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
@@ -61,7 +61,7 @@ class SpanRecord:
     attributes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: Decimal as string, datetime as ISO 8601."""
+        """JSON-ready: Decimal as a fixed-point string, datetime as ISO 8601."""
         return _jsonable(asdict(self))
 
 

@@ -1,0 +1,216 @@
+"""One step: render its prompts, then the tool loop.
+
+Contract of :func:`run_step`:
+
+* templates are rendered twice: for the call (secrets resolved) and for the
+  trace (``{{secret.NAME}}`` kept as text); only the trace form is recorded;
+* the loop calls the model; while it answers with tool calls, each call runs in
+  order (tools via integrations, ``agent__*`` via sub-agents) and its result is
+  appended to the conversation; the first answer without tool calls is the
+  step's output;
+* a tool call beyond the step's ``maxToolCalls`` (default 8) ends the run with
+  ``max_tool_calls``; the excess call is not executed;
+* before every model call the worst-case cost is offered to
+  ``Runtime.before_model_call`` and after it the actual cost to
+  ``Runtime.after_model_call`` (``0`` when the call failed);
+* the returned :class:`StepOutcome` carries the time spent waiting on model
+  providers, sub-runs included, for the overhead figure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from . import subagents
+from .errors import BudgetExceeded, EngineError, MaxToolCallsExceeded, ProviderError
+from .pricing import cost_usd, estimate_usd
+from .providers.base import ChatRequest, ChatResponse, ToolCall
+from .spec import DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOOL_CALLS
+from .state import Frame, RunState
+from .templating import render_for_call, render_for_trace
+from .tokens import estimate_input_tokens
+from .tools import call_tool, require_usable, tool_definition
+
+_TEMPLATED_MODEL_KEYS = ("baseUrl", "apiKey")
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    name: str
+    output: str
+    started: float  # time.monotonic()
+    ended: float
+    provider_ms: float
+
+
+def _render_model(model: Mapping[str, Any], context: Mapping[str, Any],
+                  resolve: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model config for the call (secrets resolved) and for the trace (no script, secrets as text)."""
+    call = dict(model)
+    trace = {key: value for key, value in model.items() if key != "script"}
+    for key in _TEMPLATED_MODEL_KEYS:
+        if key in model:
+            call[key] = render_for_call(model[key], context, resolve)
+            trace[key] = render_for_trace(model[key], context)
+    if "headers" in model:
+        call["headers"] = {name: render_for_call(value, context, resolve) for name, value in model["headers"].items()}
+        trace["headers"] = {name: render_for_trace(value, context) for name, value in model["headers"].items()}
+    return call, trace
+
+
+def _tool_call_message(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+
+
+class _Toolbox:
+    """The tools and sub-agents one step offers its model, and their dispatch."""
+
+    def __init__(self, frame: Frame, state: RunState, step: Mapping[str, Any], span_id: str):
+        self.frame, self.state, self.span_id = frame, state, span_id
+        self.tools = {tool["name"]: tool for tool in step.get("tools", [])}
+        self.subagents: dict[str, subagents.SubAgent] = {}
+        self.definitions = [tool_definition(tool) for tool in step.get("tools", [])]
+        for ref in step.get("subAgents", []):
+            sub = subagents.prepare(frame, state, ref)
+            self.subagents[sub.tool_name] = sub
+            self.definitions.append(subagents.tool_definition(sub, ref))
+
+    def call(self, tool_call: ToolCall) -> tuple[str, float]:
+        """Run one tool call; return the text for the model and the provider ms it spent (sub-agents)."""
+        self.frame.check(self.state)
+        if tool_call.name in self.subagents and tool_call.arguments_error is None:
+            return subagents.call(self.frame, self.state, self.subagents[tool_call.name], tool_call, self.span_id)
+        return self._call_integration(tool_call), 0.0
+
+    def _call_integration(self, tool_call: ToolCall) -> str:
+        recorder = self.state.recorder
+        tool = self.tools.get(tool_call.name)
+        span = recorder.start("tool", tool_call.name, self.span_id, input=tool_call.arguments,
+                              attributes={"integration": tool.get("integration") if tool else None})
+        problem = tool_call.arguments_error or (None if tool else f"there is no tool named {tool_call.name!r}")
+        if problem:
+            body = {"error": {"message": problem}}
+            recorder.finish(span, status="error", output=body, error={"code": "invalid_tool_call", "message": problem})
+            return json.dumps(body)
+        try:
+            integration = require_usable(tool["integration"], self.state.integration(tool["integration"]))
+            outcome = call_tool(tool, tool_call.arguments, integration=integration,
+                                resolve_secret=lambda name: self.state.secret(self.frame.agent, name),
+                                client=self.state.client, deadline=self.frame.deadline, shadow=self.state.shadow)
+        except EngineError as exc:
+            recorder.finish(span, status=exc.status, error={"code": exc.code, "message": exc.message})
+            raise
+        recorder.finish(span, status=outcome.status, output=outcome.output, attributes=outcome.attributes,
+                        error=outcome.output.get("error") if outcome.status == "error" else None)
+        # The model never needs a credential: keep resolved secrets an integration
+        # may echo back out of the conversation sent to the provider.
+        return self.state.redactor.redact_text(outcome.content)
+
+
+def _call_model(frame: Frame, state: RunState, span_id: str, model: Mapping[str, Any], trace_model: Mapping[str, Any],
+                messages: list[dict[str, Any]], trace_messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                context: Mapping[str, Any]) -> ChatResponse:
+    frame.check(state)
+    provider_name = model["provider"]
+    model_name = model.get("name", "local")
+    price = state.price(provider_name, model_name)
+    max_tokens = model.get("maxTokens", DEFAULT_MAX_TOKENS)
+    estimate = estimate_usd(estimate_input_tokens(messages, tools), max_tokens, price)
+    recorder = state.recorder
+    span = recorder.start(
+        "llm", model_name, span_id, model=model_name, provider=provider_name,
+        input={"messages": list(trace_messages)},
+        attributes={"tools": [tool["function"]["name"] for tool in tools], "estimateUsd": format(estimate, "f"),
+                    **{key: trace_model[key] for key in ("baseUrl", "temperature", "maxTokens") if key in trace_model}},
+    )
+    try:
+        state.runtime.before_model_call(estimate)
+    except BudgetExceeded as exc:
+        recorder.finish(span, status=exc.status, error={"code": exc.code, "message": exc.message})
+        raise
+    try:
+        response = state.providers[provider_name].complete(
+            ChatRequest(model=model, messages=list(messages), tools=tools, context=context), deadline=frame.deadline)
+    except BaseException as exc:
+        state.runtime.after_model_call(Decimal(0))
+        if isinstance(exc, EngineError):
+            spent = exc.provider_ms if isinstance(exc, ProviderError) else 0.0
+            recorder.finish(span, status=exc.status, error={"code": exc.code, "message": exc.message},
+                            attributes={"providerMs": round(spent, 3)})
+        raise
+    cost = cost_usd(response.usage, price)
+    state.runtime.after_model_call(cost)
+    usage = response.usage
+    recorder.finish(
+        span,
+        output={"content": response.content,
+                "toolCalls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls]},
+        input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
+        output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens, cost_usd=cost,
+        attributes={"providerMs": round(response.provider_ms, 3)},
+    )
+    return response
+
+
+def run_step(frame: Frame, state: RunState, step: Mapping[str, Any], outputs: Mapping[str, str]) -> StepOutcome:
+    """Run ``step`` given the outputs of the steps it depends on (see the module contract)."""
+    started = time.monotonic()
+    name = step["name"]
+    recorder = state.recorder
+    span = recorder.start("step", name, frame.parent_span_id)
+    context = {"input": frame.inputs, "steps": {key: {"output": value} for key, value in outputs.items()}}
+    trace_input: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    try:
+        def resolve(secret_name: str) -> str:
+            return state.secret(frame.agent, secret_name)
+
+        messages: list[dict[str, Any]] = []
+        trace_messages: list[dict[str, Any]] = []
+        if "systemPrompt" in step:
+            trace_input["systemPrompt"] = render_for_trace(step["systemPrompt"], context)
+            messages.append({"role": "system", "content": render_for_call(step["systemPrompt"], context, resolve)})
+            trace_messages.append({"role": "system", "content": trace_input["systemPrompt"]})
+        trace_input["prompt"] = render_for_trace(step["prompt"], context)
+        messages.append({"role": "user", "content": render_for_call(step["prompt"], context, resolve)})
+        trace_messages.append({"role": "user", "content": trace_input["prompt"]})
+        model, trace_model = _render_model(step["model"], context, resolve)
+        attributes["model"] = trace_model
+
+        toolbox = _Toolbox(frame, state, step, span.id)
+        max_calls = step.get("maxToolCalls", DEFAULT_MAX_TOOL_CALLS)
+        calls_made = 0
+        provider_ms = 0.0
+        while True:
+            response = _call_model(frame, state, span.id, model, trace_model, messages, trace_messages,
+                                   toolbox.definitions, context)
+            provider_ms += response.provider_ms
+            if not response.tool_calls:
+                break
+            assistant = {"role": "assistant", "content": response.content or None,
+                         "tool_calls": [_tool_call_message(call) for call in response.tool_calls]}
+            messages.append(assistant)
+            trace_messages.append(assistant)
+            for tool_call in response.tool_calls:
+                if calls_made >= max_calls:
+                    raise MaxToolCallsExceeded(f"step {name!r} asked for more than {max_calls} tool calls")
+                calls_made += 1
+                content, spent = toolbox.call(tool_call)
+                provider_ms += spent
+                result = {"role": "tool", "tool_call_id": tool_call.id, "content": content}
+                messages.append(result)
+                trace_messages.append(result)
+    except EngineError as exc:
+        recorder.finish(span, status=exc.status, input=trace_input, error={"code": exc.code, "message": exc.message},
+                        attributes=attributes)
+        raise
+    attributes.update(toolCalls=calls_made, providerMs=round(provider_ms, 3))
+    recorder.finish(span, input=trace_input, output=response.content, attributes=attributes)
+    return StepOutcome(name=name, output=response.content, started=started, ended=time.monotonic(),
+                       provider_ms=provider_ms)
