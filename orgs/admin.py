@@ -201,7 +201,7 @@ class ApiKeyAdmin(OrgScopedAdmin):
         return ApiKeyAddForm.Meta.fields if obj is None else self.detail_fields
 
     def get_readonly_fields(self, request, obj=None):
-        return () if obj is None else (*super().get_readonly_fields(request, obj), *self.detail_fields)
+        return () if obj is None else self.detail_fields  # organization included
 
     def has_change_permission(self, request, obj=None) -> bool:
         # Without an object this gates the revoke action; an existing key has nothing to edit.

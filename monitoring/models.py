@@ -1,0 +1,126 @@
+"""What ran: runs, their spans, conversations; and what it cost: model prices.
+
+Runs and spans are written once, by the execution service, in one bulk insert
+per run; they are read by the monitoring API and the admin.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+from django.utils import timezone
+
+from fruxon.ids import conversation_id, run_id, span_id
+from orgs.models import ApiKey, TenantModel
+
+RUN_STATUSES = ["ok", "error", "budget_exceeded", "timeout", "max_tool_calls"]
+RUN_SOURCES = ["api", "canary", "shadow", "evaluation", "studio"]
+SPAN_KINDS = ["step", "llm", "tool", "subAgent"]
+COST = dict(max_digits=18, decimal_places=8, default=Decimal("0"))
+
+
+class Conversation(TenantModel):
+    id = models.CharField(primary_key=True, max_length=24, default=conversation_id, editable=False)
+    agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="conversations")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    turns = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["organization", "-updated_at"], name="conv_org_updated")]
+
+
+class Run(TenantModel):
+    id = models.CharField(primary_key=True, max_length=24, default=run_id, editable=False)
+    agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="runs")
+    revision = models.ForeignKey("agents.Revision", on_delete=models.CASCADE, related_name="runs")
+    conversation = models.ForeignKey(Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    source = models.CharField(max_length=12, choices=[(s, s) for s in RUN_SOURCES], default="api")
+    status = models.CharField(max_length=16, choices=[(s, s) for s in RUN_STATUSES])
+    input = models.JSONField(default=dict)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(**COST)
+    latency_ms = models.PositiveIntegerField(default=0)
+    provider_ms = models.PositiveIntegerField(default=0)
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    pinned = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="run_org_created"),
+            models.Index(fields=["organization", "agent", "status", "-created_at"], name="run_org_agent_status"),
+            models.Index(fields=["agent", "revision", "-created_at"], name="run_agent_rev_created"),
+            models.Index(fields=["conversation", "created_at"], name="run_conversation"),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Span(TenantModel):
+    id = models.CharField(primary_key=True, max_length=40, default=span_id, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="spans")
+    parent_id = models.CharField(max_length=40, blank=True, default="")
+    position = models.PositiveIntegerField(default=0)
+    kind = models.CharField(max_length=10, choices=[(k, k) for k in SPAN_KINDS])
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, default="ok")
+    started_at = models.DateTimeField()
+    latency_ms = models.PositiveIntegerField(default=0)
+    provider = models.CharField(max_length=40, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(**COST)
+
+    class Meta:
+        ordering = ["run", "position"]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+class ModelPrice(models.Model):
+    """USD per million tokens for one provider/model.
+
+    Three levels, most specific wins: an agent's override, the org's override,
+    the built-in row (organization and agent both null, seeded by migration).
+    """
+
+    organization = models.ForeignKey("orgs.Organization", null=True, blank=True, on_delete=models.CASCADE)
+    agent = models.ForeignKey("agents.Agent", null=True, blank=True, on_delete=models.CASCADE)
+    provider = models.CharField(max_length=40)
+    model = models.CharField(max_length=200)
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    reasoning_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["provider", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "model"], condition=models.Q(organization__isnull=True),
+                                    name="uniq_builtin_price"),
+            models.UniqueConstraint(fields=["organization", "provider", "model"],
+                                    condition=models.Q(organization__isnull=False, agent__isnull=True), name="uniq_org_price"),
+            models.UniqueConstraint(fields=["agent", "provider", "model"], condition=models.Q(agent__isnull=False),
+                                    name="uniq_agent_price"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}"
