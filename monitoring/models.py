@@ -20,7 +20,13 @@ COST = dict(max_digits=18, decimal_places=8, default=Decimal("0"))
 
 
 class Conversation(TenantModel):
-    id = models.CharField(primary_key=True, max_length=24, default=conversation_id, editable=False)
+    """A thread of runs. ``key`` is the public ``conversationId``, unique per org.
+
+    Clients may choose the key (their own session id) or let Fruxon mint one;
+    keys live in the org's namespace, so two orgs can use the same key.
+    """
+
+    key = models.CharField(max_length=64, default=conversation_id)
     agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="conversations")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -28,7 +34,11 @@ class Conversation(TenantModel):
 
     class Meta:
         ordering = ["-updated_at"]
+        constraints = [models.UniqueConstraint(fields=["organization", "key"], name="uniq_conversation_key")]
         indexes = [models.Index(fields=["organization", "-updated_at"], name="conv_org_updated")]
+
+    def __str__(self) -> str:
+        return self.key
 
 
 class Run(TenantModel):

@@ -4,16 +4,16 @@ Every write goes through ``orgs.services`` with ``actor=Actor(user=request.user)
 so the admin obeys the same rules as the API (last owner, key minting, secret
 encryption) and leaves the same AuditEvents. Roles mirror the API's access table:
 
-================  ===========  ============
-model             view         add/change/delete
-================  ===========  ============
-Organization      viewer       owner (create: anyone who may use the admin)
-Membership        owner        owner
-ApiKey            owner        owner (create and revoke only; never deleted)
-Secret            editor       owner (the value is write-only)
-Integration       editor       owner
-AuditEvent        owner        nobody
-================  ===========  ============
+============  ======  =====================================================
+model         view    add / change / delete
+============  ======  =====================================================
+Organization  viewer  owner (create: anyone who may use the admin; no delete)
+Membership    owner   owner
+ApiKey        owner   owner (create and revoke only; never deleted)
+Secret        editor  owner (the value is write-only)
+Integration   editor  owner
+AuditEvent    owner   nobody
+============  ======  =====================================================
 
 SecretVersion is deliberately not registered: its ciphertext has no business on
 a page. A secret's page lists its version numbers and dates only.
@@ -25,6 +25,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, forget_roles
 from fruxon.errors import Conflict, FruxonError
@@ -299,7 +300,7 @@ class SecretAdmin(OrgScopedAdmin):
         # values_list never loads the ciphertext column.
         rows = obj.versions.values_list("version", "created_at", "created_by__username")
         return format_html_join(
-            format_html("<br>"), "v{} &middot; {} &middot; {}",
+            mark_safe("<br>"), "v{} &middot; {} &middot; {}",
             ((version, at.strftime("%Y-%m-%d %H:%M:%S UTC"), who or "system") for version, at, who in rows),
         ) or "-"
 

@@ -152,6 +152,10 @@ class SubAgentSpecInvalid(EngineError):
 
 
 class RunCancelled(EngineError):
-    """Another part of the same run failed; parallel work stops at its next check."""
+    """Another part of the same run failed; parallel work stops at its next check.
 
+    Only ever a span status: the run itself reports the failure that caused it.
+    """
+
+    status = "cancelled"
     code = "cancelled"

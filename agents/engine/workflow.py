@@ -9,10 +9,10 @@ Contract of :func:`execute`:
 * the first failure cancels the rest: running steps stop at their next call out,
   and ``execute`` waits for them (bounded by the deadline) so that every budget
   reservation they made is settled before the run is reported;
-* the result is the rendered ``output`` template (default: the last listed
-  step's output) and the provider time along the critical path: the chain of
-  steps, each the last-finishing dependency of the next, that ends with the
-  last step to finish.
+* the result is the rendered ``output`` template (default: the output of the
+  step that comes last in dependency order, listed order breaking ties) and
+  the provider time along the critical path: the chain of steps, each the
+  last-finishing dependency of the next, that ends with the last step to finish.
 """
 
 from __future__ import annotations
@@ -97,9 +97,8 @@ def _critical_provider_ms(outcomes: Mapping[str, StepOutcome], deps: Mapping[str
 def execute(frame: Frame, state: RunState) -> Outcome:
     """Run every step of ``frame.spec`` (see the module contract)."""
     steps = {step["name"]: step for step in frame.spec["steps"]}
-    listed = list(steps)
     deps = {name: found & steps.keys() for name, found in step_dependencies(frame.spec).items()}
-    order, chain = _plan(listed, deps)
+    order, chain = _plan(list(steps), deps)
     if chain:
         outcomes: dict[str, StepOutcome] = {}
         for name in order:
@@ -111,5 +110,5 @@ def execute(frame: Frame, state: RunState) -> Outcome:
         context = {"input": frame.inputs, "steps": {name: {"output": o.output} for name, o in outcomes.items()}}
         output = render_shaped(frame.spec["output"], context)
     else:
-        output = outcomes[listed[-1]].output
+        output = outcomes[order[-1]].output
     return Outcome(output=output, provider_ms=_critical_provider_ms(outcomes, deps))

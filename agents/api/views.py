@@ -1,0 +1,213 @@
+"""Agents endpoints: CRUD, revisions, diff, grants, execute, prices.
+
+Views validate, call one service, serialize. Tenancy, agent resolution (with
+grants) and access checks happen in the base class before any handler runs.
+"""
+from __future__ import annotations
+
+import time
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+
+from fruxon.api.base import Access, OrgScopedAPIView, OrgScopedViewSet
+from fruxon.api.errors import error_body
+from fruxon.api.serializers import validated
+from fruxon.errors import InvalidRequest
+from monitoring import pricing
+from orgs.actor import Actor
+from orgs.roles import ADMIN, EDITOR, OWNER, VIEWER
+
+from .. import execution, grants, services
+from ..diff import diff_specs
+from ..models import Agent, Revision
+from . import serializers as s
+
+# Non-ok runs answer with the error shape; the status says whose fault it was.
+RUN_ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "timeout": 504, "budget_exceeded": 429}
+RUN_FAILED_STATUS = 422
+
+
+def _actor(request) -> Actor:
+    return Actor.from_request(request)
+
+
+class AgentViewSet(OrgScopedViewSet):
+    queryset = Agent.objects.all()
+    serializer_class = s.AgentSerializer
+    ordering = "slug"
+    access = {
+        "GET": Access(VIEWER, "agents:read"),
+        "POST": Access(EDITOR, "agents:write"),
+        "PATCH": Access(EDITOR, "agents:write"),
+        "DELETE": Access(EDITOR, "agents:write"),
+    }
+
+    def refine_queryset(self, queryset):
+        if self.api_key is not None and self.api_key.agents:
+            queryset = queryset.filter(slug__in=self.api_key.agents)
+        return queryset
+
+    def list(self, request, tenant):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+    @extend_schema(request=s.AgentCreate, responses={201: s.AgentSerializer})
+    def create(self, request, tenant):
+        data = validated(s.AgentCreate, request.data)
+        agent = services.create_agent(actor=_actor(request), organization=self.organization, **data)
+        return Response(self.get_serializer(agent).data, status=status.HTTP_201_CREATED)
+
+    def retrieve(self, request, tenant, agent):
+        return Response(self.get_serializer(self.agent).data)
+
+    @extend_schema(request=s.AgentPatch, responses=s.AgentSerializer)
+    def partial_update(self, request, tenant, agent):
+        data = validated(s.AgentPatch, request.data)
+        return Response(self.get_serializer(services.update_agent(actor=_actor(request), agent=self.agent, changes=data)).data)
+
+    @extend_schema(responses={204: None, 409: OpenApiResponse(description="deployed, or a sub-agent of another agent")})
+    def destroy(self, request, tenant, agent):
+        services.delete_agent(actor=_actor(request), agent=self.agent)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RevisionViewSet(OrgScopedViewSet):
+    queryset = Revision.objects.all()
+    serializer_class = s.RevisionSerializer
+    lookup_url_kwarg = "rev"
+    lookup_field = "pk"
+    ordering = "-created_at"
+    access = {"GET": Access(VIEWER, "revisions:read"), "POST": Access(EDITOR, "revisions:write")}
+
+    def refine_queryset(self, queryset):
+        return queryset.filter(agent=self.agent).select_related("agent")
+
+    def list(self, request, tenant, agent):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+    @extend_schema(request=s.RevisionCreate, responses={201: s.RevisionDetail})
+    def create(self, request, tenant, agent):
+        data = validated(s.RevisionCreate, request.data)
+        revision = services.create_revision(actor=_actor(request), agent=self.agent, spec=data["spec"],
+                                            message=data["message"], parent_id=data.get("parentId"))
+        return Response(s.RevisionDetail(revision).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=s.RevisionDetail)
+    def retrieve(self, request, tenant, agent, rev):
+        return Response(s.RevisionDetail(self.object).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("against", str, description="a revision id of this agent, or 'deployed' (default)")],
+        responses=s.DiffResponse,
+    )
+    def diff(self, request, tenant, agent, rev):
+        against = request.query_params.get("against", "deployed")
+        if against == "deployed":
+            if not self.agent.deployed_revision_id:
+                raise InvalidRequest("The agent has no deployed revision; pass ?against=<revision id>.",
+                                     code="not_deployed", details={"fields": {"against": ["Nothing deployed."]}})
+            against = self.agent.deployed_revision_id
+        base = services.get_revision(agent=self.agent, revision_id=against)
+        result = diff_specs(base.spec, self.object.spec)
+        return Response({"revisionId": self.object.id, "againstRevisionId": base.id, **result})
+
+
+class GrantViewSet(OrgScopedViewSet):
+    """Per-agent collaborators; an org owner or the agent's admins manage them."""
+
+    serializer_class = s.GrantSerializer
+    access = {
+        "GET": Access(ADMIN, "members:read"),
+        "PUT": Access(ADMIN, "members:write"),
+        "DELETE": Access(ADMIN, "members:write"),
+    }
+
+    @extend_schema(responses=s.GrantSerializer(many=True))
+    def list(self, request, tenant, agent):
+        rows = [{"user": user.username, "role": role} for user, role in grants.list_grants(agent=self.agent)]
+        return Response({"results": rows, "next": None, "previous": None})
+
+    def retrieve(self, request, tenant, agent, user):
+        found, role = grants.get_grant(agent=self.agent, username=user)
+        return Response({"user": found.username, "role": role})
+
+    @extend_schema(request=s.GrantPut, responses={200: s.GrantSerializer, 201: s.GrantSerializer})
+    def update(self, request, tenant, agent, user):
+        data = validated(s.GrantPut, request.data)
+        found, role, created = grants.set_grant(actor=_actor(request), agent=self.agent, username=user, role=data["role"])
+        return Response({"user": found.username, "role": role}, status=201 if created else 200)
+
+    def destroy(self, request, tenant, agent, user):
+        grants.remove_grant(actor=_actor(request), agent=self.agent, username=user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ExecuteView(OrgScopedAPIView):
+    """Run the agent: on its deployed revision, or on a pinned ``revisionId`` (canary)."""
+
+    access = {"POST": Access(EDITOR, "agents:execute")}
+
+    @extend_schema(
+        request=s.ExecuteRequest,
+        responses={
+            200: s.ExecuteResponse,
+            400: OpenApiResponse(description="invalid input (details name each input)"),
+            404: OpenApiResponse(description="unknown agent, or revisionId not a revision of this agent"),
+            409: OpenApiResponse(description="not_deployed: nothing deployed and no revisionId"),
+            422: OpenApiResponse(description="the run failed for a non-provider reason (max_tool_calls, "
+                                             "integration_unavailable, secret_not_allowed, ...); the run is recorded"),
+            429: OpenApiResponse(description="budget_exceeded"),
+            502: OpenApiResponse(description="provider_error; the run is recorded (details.runId)"),
+            504: OpenApiResponse(description="provider_timeout or timeout; the run is recorded"),
+        },
+        description="Every response carries X-Fruxon-Overhead-Ms (server time minus model-provider wait) "
+                    "and, once a run is recorded, X-Fruxon-Run-Id.",
+    )
+    def post(self, request, tenant, agent):
+        started = getattr(request._request, "fruxon_started", None) or time.monotonic()
+        data = validated(s.ExecuteRequest, request.data)
+        outcome = execution.execute(
+            agent=self.agent, input=data["input"], revision_id=data.get("revisionId"),
+            conversation_key=data.get("conversationId"), api_key_id=getattr(self.api_key, "pk", None), started=started,
+        )
+        run, result = outcome.run, outcome.result
+        body = {
+            "runId": run.id, "revisionId": run.revision_id, "status": run.status, "output": run.output,
+            "usage": {"inputTokens": run.input_tokens, "cachedInputTokens": run.cached_input_tokens,
+                      "outputTokens": run.output_tokens, "reasoningTokens": run.reasoning_tokens,
+                      "costUsd": format(run.cost_usd, "f")},
+            "latencyMs": run.latency_ms,
+            "conversationId": data.get("conversationId"),
+        }
+        if result.ok:
+            response = Response(body)
+        else:
+            code = result.error["code"] if result.error else run.status
+            response = Response(
+                error_body(code, result.error["message"] if result.error else run.status, body),
+                status=RUN_ERROR_STATUS.get(code, RUN_ERROR_STATUS.get(run.status, RUN_FAILED_STATUS)),
+            )
+        overhead = (time.monotonic() - started) * 1000.0 - result.provider_ms
+        response["X-Fruxon-Overhead-Ms"] = f"{max(overhead, 0.0):.2f}"
+        response["X-Fruxon-Run-Id"] = run.id
+        return response
+
+
+class PricesView(OrgScopedAPIView):
+    """Effective model prices (USD per million tokens) and this level's overrides."""
+
+    access = {"GET": Access(VIEWER, "org:read"), "PUT": Access(OWNER, "org:write")}
+
+    @extend_schema(responses=s.PricesResponse)
+    def get(self, request, tenant, agent=None):
+        return Response({"prices": pricing.price_table(organization_id=self.organization.pk,
+                                                       agent_id=getattr(self.agent, "pk", None))})
+
+    @extend_schema(request=s.PricesPut, responses=s.PricesResponse)
+    def put(self, request, tenant, agent=None):
+        data = validated(s.PricesPut, request.data)
+        pricing.set_overrides(actor=_actor(request), organization=self.organization, agent=self.agent, rows=data["prices"])
+        return self.get(request, tenant, agent)
