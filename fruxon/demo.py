@@ -54,4 +54,52 @@ def seed() -> Seeded:
         integrations.create_integration(actor=system, organization=org, slug="shop-api", name="Shop API",
                                         config={"baseUrl": "http://127.0.0.1:8000/demo-shop", "headers": {}},
                                         credentials_secret="SHOP_TOKEN", side_effects=False, status="connected")
+    _seed_agent(org, system)
     return Seeded(org=org, users=dict(USERS))
+
+
+SUPPORT_V1 = {
+    "inputs": {"customer": {"type": "string", "required": True}, "question": {"type": "string", "required": True}},
+    "steps": [{
+        "name": "answer",
+        "model": {"provider": "fruxon-local", "name": "support-local", "maxTokens": 256, "latencyMs": 20,
+                  "script": [{"reply": "Hi {{input.customer}}, thanks for asking about: {{input.question}}. "
+                                       "Your order ships within 2 days."}]},
+        "systemPrompt": "You are a friendly support agent for {{input.customer}}.",
+        "prompt": "{{input.question}}",
+    }],
+    "output": "{{steps.answer.output}}",
+    "timeoutSeconds": 30,
+}
+
+SUPPORT_V2 = {
+    "inputs": SUPPORT_V1["inputs"],
+    "steps": [
+        {"name": "draft",
+         "model": {"provider": "fruxon-local", "name": "support-local", "maxTokens": 512, "latencyMs": 20,
+                   "script": [{"reply": "Dear {{input.customer}}: regarding '{{input.question}}', your order "
+                                        "ships within 2 days and you will get a tracking link by email."}]},
+         "systemPrompt": "You are a precise support agent for {{input.customer}}. Cite the shipping policy.",
+         "prompt": "{{input.question}}"},
+        {"name": "polish",
+         "model": {"provider": "fruxon-local", "name": "support-local", "maxTokens": 256,
+                   "script": [{"reply": "{{steps.draft.output}} (v2)"}]},
+         "prompt": "Make this shorter and warmer: {{steps.draft.output}}"},
+    ],
+    "output": "{{steps.polish.output}}",
+    "timeoutSeconds": 30,
+}
+
+
+def _seed_agent(org: Organization, system: Actor) -> None:
+    """The 'support' agent: v1 deployed, v2 (a two-step rewrite) waiting as a candidate."""
+    from agents.models import Agent
+    from agents.services import create_agent, create_revision
+
+    if Agent.objects.filter(organization=org, slug="support").exists():
+        return
+    agent = create_agent(actor=system, organization=org, slug="support", name="Support assistant",
+                         description="Answers customer questions about orders.")
+    v1 = create_revision(actor=system, agent=agent, spec=SUPPORT_V1, message="First version")
+    create_revision(actor=system, agent=agent, spec=SUPPORT_V2, message="Two-step draft and polish")
+    Agent.objects.filter(pk=agent.pk).update(deployed_revision=v1)

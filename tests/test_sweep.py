@@ -16,7 +16,10 @@ from django.urls import reverse
 from orgs.models import ApiKey, Membership, Organization, Secret, SecretVersion
 from orgs.roles import ALL_SCOPES, RANK
 
+from agents import grants
+
 from . import factories as f
+from .builders import SYSTEM, agent_with_revision, run_once
 from .conftest import Api
 from .sweep import NON_API_ROUTES, OBJECTS, PRINCIPAL_ROUTES, TENANT_BASES, api_routes, tenant_routes
 
@@ -34,6 +37,8 @@ class World:
     a_key: ApiKey
     a_viewer_membership: Membership
     b_key_plain: str
+    a_revision: object
+    a_run: object
 
 
 @pytest.fixture
@@ -48,8 +53,15 @@ def world(db) -> World:
     _, b_plain = f.api_key(b, preset="admin", name="beta key")
     f.secret(b, "BETA_SECRET", "beta-secret-value")
     f.integration(b, "beta-int")
+    a_agent, a_revision = agent_with_revision(a, "alpha-agent")
+    a_run = run_once(a_agent, "alpha question")
+    agent_with_revision(b, "beta-agent")
+    # an agent admin: an org editor with the admin grant on alpha-agent
+    a_users["admin"] = f.member(a, "editor", "alpha-agent-admin")
+    grants.set_grant(actor=SYSTEM, agent=a_agent, username="alpha-agent-admin", role="admin")
+    grants.set_grant(actor=SYSTEM, agent=a_agent, username="alpha-viewer", role="viewer")
     return World(a, b, a_users, b_owner, a_key,
-                 Membership.objects.get(organization=a, user=a_users["viewer"]), b_plain)
+                 Membership.objects.get(organization=a, user=a_users["viewer"]), b_plain, a_revision, a_run)
 
 
 def _call(client, method: str, url: str):
@@ -125,7 +137,7 @@ def test_no_credentials_is_401(world, name, method):
 @pytest.mark.parametrize("name,method", CASES)
 def test_roles_below_the_required_one_get_403(world, name, method):
     required = ROUTES[name].view_class.access[method].role
-    lower = [role for role in ("viewer", "editor") if RANK[role] < RANK[required]]
+    lower = [role for role in ("viewer", "editor", "admin") if RANK[role] < RANK[required]]
     for role in lower:
         _assert_error(_call(Api.as_user(world.a_users[role]), method, _url(name, world.a.slug, world)), 403, "forbidden")
     if method in ("POST", "PUT", "PATCH", "DELETE"):

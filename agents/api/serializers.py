@@ -112,6 +112,7 @@ class ExecuteResponse(serializers.Serializer):
     runId = serializers.CharField()
     revisionId = serializers.CharField()
     status = serializers.CharField()
+    source = serializers.ChoiceField(choices=["api", "canary"], help_text="canary when pinned off the deployed revision")
     output = serializers.JSONField(allow_null=True)
     usage = Usage()
     latencyMs = serializers.IntegerField()

@@ -175,7 +175,8 @@ class ExecuteView(OrgScopedAPIView):
         )
         run, result = outcome.run, outcome.result
         body = {
-            "runId": run.id, "revisionId": run.revision_id, "status": run.status, "output": run.output,
+            "runId": run.id, "revisionId": run.revision_id, "status": run.status, "source": run.source,
+            "output": run.output,
             "usage": {"inputTokens": run.input_tokens, "cachedInputTokens": run.cached_input_tokens,
                       "outputTokens": run.output_tokens, "reasoningTokens": run.reasoning_tokens,
                       "costUsd": format(run.cost_usd, "f")},

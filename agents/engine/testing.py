@@ -145,7 +145,9 @@ class StubServer(ThreadingHTTPServer):
         self.requests: list[StubRequest] = []
         self.lock = threading.Lock()
         self.closing = threading.Event()  # wakes delayed replies so close() is prompt
-        self.thread = threading.Thread(target=self.serve_forever, name="fruxon-stub", daemon=True)
+        # A short poll interval keeps close() (which waits for the serve loop) quick.
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="fruxon-stub", daemon=True)
 
     @property
     def base_url(self) -> str:
