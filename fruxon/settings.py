@@ -77,6 +77,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "fruxon.urls"
+# Messages live in the session, not a signed cookie: the admin shows a new API
+# key's plaintext once through a message, and cookies are readable by the client.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 WSGI_APPLICATION = "fruxon.wsgi.application"
 # "/v1/orgs" must not be redirected to "/v1/orgs/": API paths are exact.
 APPEND_SLASH = False
@@ -190,6 +193,7 @@ SPECTACULAR_SETTINGS = {
         "OrgRoleEnum": "orgs.roles.ORG_ROLE_CHOICES",
         "IntegrationStatusEnum": "orgs.models.Integration.STATUS_CHOICES",
         "IntegrationKindEnum": "orgs.models.Integration.KIND_CHOICES",
+        "AgentGrantRoleEnum": "agents.grants.GRANT_ROLES",
     },
 }
 
