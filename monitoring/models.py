@@ -134,3 +134,21 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model}"
+
+
+class Budget(TenantModel):
+    """A per-agent spend budget per UTC period. ``enforce`` makes ``amount_usd`` a hard cap."""
+
+    PERIODS = [("day", "day"), ("month", "month")]
+
+    agent = models.OneToOneField("agents.Agent", on_delete=models.CASCADE, related_name="budget")
+    period = models.CharField(max_length=5, choices=PERIODS, default="month")
+    amount_usd = models.DecimalField(max_digits=14, decimal_places=4)
+    enforce = models.BooleanField(default=True)
+    alert_thresholds = models.JSONField(default=list, blank=True)
+    alert_webhook = models.URLField(blank=True, default="", max_length=2000)
+    alert_emails = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.agent}: ${self.amount_usd}/{self.period}{' (cap)' if self.enforce else ''}"
