@@ -159,7 +159,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_TASK_ROUTES = {"deployments.run_shadow": {"queue": "shadow"}}
+CELERY_BEAT_SCHEDULE: dict = {
+    "deployments-tick-scheduled": {"task": "deployments.tick_scheduled", "schedule": 15.0},
+    "deployments-auto-rollback": {"task": "deployments.auto_rollback", "schedule": 60.0},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -194,6 +198,7 @@ SPECTACULAR_SETTINGS = {
         "IntegrationStatusEnum": "orgs.models.Integration.STATUS_CHOICES",
         "IntegrationKindEnum": "orgs.models.Integration.KIND_CHOICES",
         "AgentGrantRoleEnum": "agents.grants.GRANT_ROLES",
+        "DeploymentKindEnum": "deployments.models.DEPLOYMENT_KINDS",
     },
 }
 

@@ -16,10 +16,17 @@ from django.urls import reverse
 from orgs.models import ApiKey, Membership, Organization, Secret, SecretVersion
 from orgs.roles import ALL_SCOPES, RANK
 
+from datetime import timedelta
+
+from django.utils import timezone
+
 from agents import grants
+from agents.services import create_revision
+from deployments import scheduling, shadow
+from deployments import services as deployments
 
 from . import factories as f
-from .builders import SYSTEM, agent_with_revision, run_once
+from .builders import SYSTEM, agent_with_revision, local_spec, run_once
 from .conftest import Api
 from .sweep import NON_API_ROUTES, OBJECTS, PRINCIPAL_ROUTES, TENANT_BASES, api_routes, tenant_routes
 
@@ -39,6 +46,8 @@ class World:
     b_key_plain: str
     a_revision: object
     a_run: object
+    a_deployment: object = None
+    a_schedule: object = None
 
 
 @pytest.fixture
@@ -53,7 +62,12 @@ def world(db) -> World:
     _, b_plain = f.api_key(b, preset="admin", name="beta key")
     f.secret(b, "BETA_SECRET", "beta-secret-value")
     f.integration(b, "beta-int")
-    a_agent, a_revision = agent_with_revision(a, "alpha-agent")
+    a_agent, a_revision = agent_with_revision(a, "alpha-agent", deploy=False)
+    a_deployment = deployments.deploy(actor=SYSTEM, agent=a_agent, revision_id=a_revision.id, reason="alpha first")
+    candidate = create_revision(actor=SYSTEM, agent=a_agent, spec=local_spec("alpha candidate"), message="candidate")
+    shadow.configure(actor=SYSTEM, agent=a_agent, revision_id=candidate.id, sample_rate=0.0)
+    a_schedule = scheduling.schedule(actor=SYSTEM, agent=a_agent, revision_id=a_revision.id,
+                                     run_at=timezone.now() + timedelta(days=1), reason="alpha later")
     a_run = run_once(a_agent, "alpha question")
     agent_with_revision(b, "beta-agent")
     # an agent admin: an org editor with the admin grant on alpha-agent
@@ -61,7 +75,8 @@ def world(db) -> World:
     grants.set_grant(actor=SYSTEM, agent=a_agent, username="alpha-agent-admin", role="admin")
     grants.set_grant(actor=SYSTEM, agent=a_agent, username="alpha-viewer", role="viewer")
     return World(a, b, a_users, b_owner, a_key,
-                 Membership.objects.get(organization=a, user=a_users["viewer"]), b_plain, a_revision, a_run)
+                 Membership.objects.get(organization=a, user=a_users["viewer"]), b_plain, a_revision, a_run,
+                 a_deployment, a_schedule)
 
 
 def _call(client, method: str, url: str):

@@ -123,6 +123,14 @@ class _TenantScoped:
                 details={"requiredRole": access.role, "role": self.role},
             )
 
+    def require_role(self, role: str, what: str) -> None:
+        """A body-dependent escalation (e.g. ``force``): the person needs ``role``; keys cannot."""
+        if self.api_key is not None:
+            raise Forbidden(f"{what} needs a person with the {role} role; API keys cannot do it.")
+        if not role_at_least(self.role, role):
+            raise Forbidden(f"{what} needs the {role} role; you are {self.role}.",
+                            details={"requiredRole": role, "role": self.role})
+
     def get_queryset(self):
         return self.refine_queryset(scoped(self.queryset.all(), self.organization))
 

@@ -1,0 +1,126 @@
+"""Request and response shapes for deployments, schedules and shadow mode."""
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from fruxon.api.serializers import StrictSerializer
+
+from ..models import Deployment, ScheduledDeployment, ShadowResult
+
+
+class ReadinessItem(serializers.Serializer):
+    check = serializers.ChoiceField(choices=["evaluation", "diff", "integrations", "secrets", "subAgents", "budget",
+                                             "rollbackTarget"])
+    status = serializers.ChoiceField(choices=["pass", "warn", "fail"])
+    detail = serializers.CharField()
+    data = serializers.DictField()
+
+
+class ReadinessResponse(serializers.Serializer):
+    revisionId = serializers.CharField()
+    ready = serializers.BooleanField(help_text="false when a blocking check (integrations, secrets, subAgents) fails")
+    checks = ReadinessItem(many=True)
+
+
+class DeployRequest(StrictSerializer):
+    revisionId = serializers.CharField(max_length=20)
+    reason = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    force = serializers.BooleanField(required=False, default=False, help_text="owner only; needs a reason")
+
+
+class RollbackRequest(StrictSerializer):
+    revisionId = serializers.CharField(max_length=20, required=False, allow_null=True,
+                                       help_text="default: the revision deployed before the current one")
+    reason = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    fromRevisionId = serializers.CharField(source="from_revision_id", allow_null=True)
+    toRevisionId = serializers.CharField(source="to_revision_id")
+    actor = serializers.CharField(source="actor_label")
+
+    class Meta:
+        model = Deployment
+        fields = ["id", "fromRevisionId", "toRevisionId", "kind", "actor", "reason", "forced", "at"]
+
+
+class DeploymentDetail(DeploymentSerializer):
+    class Meta(DeploymentSerializer.Meta):
+        fields = DeploymentSerializer.Meta.fields + ["checks"]
+
+
+class HealthSide(serializers.Serializer):
+    runs = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    errorRate = serializers.FloatField(allow_null=True)
+    p95LatencyMs = serializers.FloatField(allow_null=True)
+    costPerRunUsd = serializers.CharField(allow_null=True)
+
+
+class HealthResponse(serializers.Serializer):
+    deploymentId = serializers.IntegerField()
+    revisionId = serializers.CharField()
+    baselineRevisionId = serializers.CharField(allow_null=True)
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField(allow_null=True)
+    current = HealthSide()
+    baseline = HealthSide()
+    verdict = serializers.ChoiceField(choices=["healthy", "degraded", "insufficient_data"])
+    reasons = serializers.ListField(child=serializers.CharField())
+    thresholds = serializers.DictField()
+
+
+class ScheduleRequest(StrictSerializer):
+    revisionId = serializers.CharField(max_length=20)
+    runAt = serializers.DateTimeField()
+    reason = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class ScheduledDeploymentSerializer(serializers.ModelSerializer):
+    revisionId = serializers.CharField(source="revision_id")
+    runAt = serializers.DateTimeField(source="run_at")
+    failureReason = serializers.CharField(source="failure_reason")
+    failureCode = serializers.CharField(source="failure_code")
+    deploymentId = serializers.IntegerField(source="deployment_id", allow_null=True)
+    createdBy = serializers.CharField(source="created_by_label")
+    createdAt = serializers.DateTimeField(source="created_at")
+    finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
+
+    class Meta:
+        model = ScheduledDeployment
+        fields = ["id", "revisionId", "runAt", "reason", "status", "failureCode", "failureReason", "deploymentId",
+                  "createdBy", "createdAt", "finishedAt"]
+
+
+class ShadowPut(StrictSerializer):
+    revisionId = serializers.CharField(max_length=20)
+    sampleRate = serializers.FloatField(min_value=0.0, max_value=1.0)
+
+
+class ShadowConfigOut(serializers.Serializer):
+    revisionId = serializers.CharField()
+    sampleRate = serializers.FloatField()
+    updatedBy = serializers.CharField()
+    updatedAt = serializers.DateTimeField()
+
+
+class ShadowResultSerializer(serializers.ModelSerializer):
+    liveRunId = serializers.CharField(source="live_run_id")
+    shadowRunId = serializers.CharField(source="shadow_run_id", allow_null=True)
+    candidateRevisionId = serializers.CharField(source="candidate_revision_id")
+    liveOutput = serializers.JSONField(source="live_run.output")
+    shadowOutput = serializers.JSONField(source="shadow_run.output", default=None)
+    shadowStatus = serializers.CharField(source="shadow_run.status", default=None)
+    outputsEqual = serializers.BooleanField(source="outputs_equal")
+    costDeltaUsd = serializers.DecimalField(source="cost_delta_usd", max_digits=18, decimal_places=8)
+    latencyDeltaMs = serializers.IntegerField(source="latency_delta_ms")
+    createdAt = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = ShadowResult
+        fields = ["id", "liveRunId", "shadowRunId", "candidateRevisionId", "liveOutput", "shadowOutput", "shadowStatus",
+                  "outputsEqual", "similarity", "costDeltaUsd", "latencyDeltaMs", "createdAt"]
+
+
+class DeployPolicySerializer(StrictSerializer):
+    autoRollback = serializers.BooleanField(help_text="roll back automatically when the deploy's health is degraded")
