@@ -17,7 +17,9 @@ from .models import Agent
 
 
 def get_agent(*, organization: Organization, slug: str) -> Agent:
-    agent = Agent.objects.filter(organization=organization, slug=slug).first()
+    # shadow_config rides along (one join): the execute path needs it, and a
+    # missing row costs nothing.
+    agent = Agent.objects.select_related("shadow_config").filter(organization=organization, slug=slug).first()
     if agent is None:
         raise NotFound(f"Agent '{slug}' not found.")
     return agent

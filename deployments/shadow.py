@@ -56,14 +56,14 @@ def maybe_enqueue(*, agent: Agent, run: Run, rng=random.random) -> bool:
     """Sample a live run on the deployed revision; enqueue its shadow. True when enqueued."""
     if run.source != "api" or run.revision_id != agent.deployed_revision_id:
         return False
-    config = ShadowConfig.objects.filter(agent=agent).values_list("revision_id", "sample_rate").first()
-    if config is None or config[0] == run.revision_id or rng() >= config[1]:
+    config = getattr(agent, "shadow_config", None)  # select_related by agents.scoping
+    if config is None or config.revision_id == run.revision_id or rng() >= config.sample_rate:
         return False
     from fruxon.tasks import defer
 
     from .tasks import run_shadow
 
-    defer(run_shadow, run.id, config[0])
+    defer(run_shadow, run.id, config.revision_id)
     return True
 
 

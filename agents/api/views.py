@@ -15,6 +15,7 @@ from fruxon.api.base import Access, OrgScopedAPIView, OrgScopedViewSet
 from fruxon.api.errors import error_body
 from fruxon.api.serializers import validated
 from fruxon.errors import InvalidRequest
+from deployments import shadow
 from monitoring import pricing
 from orgs.actor import Actor
 from orgs.roles import ADMIN, EDITOR, OWNER, VIEWER
@@ -174,6 +175,7 @@ class ExecuteView(OrgScopedAPIView):
             conversation_key=data.get("conversationId"), api_key_id=getattr(self.api_key, "pk", None), started=started,
         )
         run, result = outcome.run, outcome.result
+        shadow.maybe_enqueue(agent=self.agent, run=run)
         body = {
             "runId": run.id, "revisionId": run.revision_id, "status": run.status, "source": run.source,
             "output": run.output,
