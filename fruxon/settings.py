@@ -6,6 +6,9 @@
 ``FRUXON_ENCRYPTION_KEY``  comma-separated Fernet keys, newest first
 ``DEBUG``          "1"/"true" for development
 ``ALLOWED_HOSTS``  comma-separated
+``DB_CONN_MAX_AGE``  seconds a thread keeps its PostgreSQL connection (default 60)
+``DB_POOL_MAX_SIZE``  PostgreSQL connection pool per process (0 = off, the default; replaces
+                   DB_CONN_MAX_AGE); ``DB_POOL_MIN_SIZE`` (2), ``DB_POOL_TIMEOUT`` seconds (10)
 """
 from pathlib import Path
 import os
@@ -110,11 +113,30 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     (BASE_DIR / "db").mkdir(exist_ok=True)
-    # Concurrent demo requests on SQLite: wait for the write lock instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Concurrent requests on SQLite: transactions take the write lock when they
+    # begin (IMMEDIATE) and wait up to 20 s for it, instead of failing when a
+    # read lock cannot be upgraded; WAL lets readers run beside the writer.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # A file (not shared memory) for tests, so threaded live-server tests can lock and wait.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "db" / f"test-{os.getpid()}.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and int(os.environ.get("DB_POOL_MAX_SIZE", "0") or 0):
+    # A connection pool (psycopg_pool) per process instead of one persistent
+    # connection per thread: hundreds of threads waiting on model providers then
+    # share a few connections (the execute path hands its connection back while it
+    # waits, see fruxon.db), and ASGI's per-request threads reuse connections too.
+    # The pool replaces CONN_MAX_AGE, and its health check (one round trip per
+    # checkout) is off: a broken connection is discarded when it is returned.
+    _pool_max = int(os.environ["DB_POOL_MAX_SIZE"])
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(_pool_max, int(os.environ.get("DB_POOL_MIN_SIZE", "2"))),
+        "max_size": _pool_max,
+        "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "10")),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [

@@ -91,7 +91,8 @@ def test_steps_run_in_dependency_order_not_listed_order():
     result = execute(spec, {"q": "where is my order?"})
     assert result.status == "ok"
     assert [span.name for span in spans_of(result, "step")] == ["answer", "polish"]
-    assert result.output == "echo: Shorten: echo: where is my order?"  # default output: the last step in dependency order
+    # No output template: the output is the last step in dependency order.
+    assert result.output == "echo: Shorten: echo: where is my order?"
 
 
 def test_independent_steps_run_in_parallel():
@@ -163,6 +164,7 @@ def test_integration_http_error_goes_back_to_the_model(json_server, http_client)
     assert result.status == "ok" and result.output == "sorry"
     tool_span = spans_of(result, "tool")[0]
     assert tool_span.status == "error" and tool_span.attributes["httpStatus"] == 503
+    assert tool_span.error == {"code": "tool_error", "message": "integration 'shop-api' answered HTTP 503"}
     assert "503" in spans_of(result, "llm")[1].input["messages"][-1]["content"]
 
 
@@ -330,8 +332,9 @@ def test_parallel_step_failure_cancels_the_other_step():
     assert result.status == "error" and result.error["code"] == "provider_error"
     assert spans_of(result, "step", "fails")[0].status == "error"
     # The slow step finished its model call, then stopped instead of calling a tool.
-    assert spans_of(result, "step", "slow")[0].status == "cancelled"
-    assert spans_of(result, "llm", "local")[-1].status == "ok"
+    slow = spans_of(result, "step", "slow")[0]
+    assert slow.status == "cancelled"
+    assert [span.status for span in spans_of(result, "llm") if span.parent_id == slow.id] == ["ok"]
     assert spans_of(result, "tool") == []
 
 
