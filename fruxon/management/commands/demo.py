@@ -33,4 +33,8 @@ class Command(BaseCommand):
         ]
         self.stdout.write("\n".join(lines))
         if not no_serve:
+            if settings.CELERY_TASK_ALWAYS_EAGER:
+                from fruxon import ticker
+
+                ticker.start()  # scheduled rollouts and auto-rollback without a beat process
             call_command("runserver", addrport, use_reloader=False, insecure_serving=not settings.DEBUG)
