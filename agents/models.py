@@ -25,6 +25,11 @@ class Agent(TenantModel):
     name = models.CharField(max_length=200, blank=True, default="")
     description = models.TextField(blank=True, default="", max_length=5000)
     deployed_revision = models.ForeignKey("Revision", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # The deploy gate: a candidate needs a completed evaluation on this dataset scoring at
+    # least the deployed revision's score minus gate_tolerance, with no critical regression.
+    gating_dataset = models.ForeignKey("evaluations.Dataset", null=True, blank=True, on_delete=models.SET_NULL,
+                                       related_name="gated_agents")
+    gate_tolerance = models.FloatField(default=0.0)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "orgs",
     "agents",
     "deployments",
+    "evaluations",
     "monitoring",
 ]
 
