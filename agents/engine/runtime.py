@@ -29,8 +29,9 @@ class IntegrationInfo:
     """An integration as the engine sees it.
 
     Tools POST to ``{base_url}/{tool_name}``. ``headers`` are sent as given;
-    ``credentials_secret`` names the secret whose value goes into
-    ``Authorization: Bearer ...`` (resolved at call time, never recorded).
+    ``credentials_secret`` names the secret whose value goes into the
+    ``auth_header`` header as ``"<auth_scheme> <value>"`` (just the value when the
+    scheme is empty); resolved at call time, never recorded.
     ``status`` is ``connected``, ``authorized`` or ``disconnected``; a disconnected
     integration fails the run with ``integration_unavailable``.
     """
@@ -41,6 +42,8 @@ class IntegrationInfo:
     credentials_secret: str | None = None
     side_effects: bool = False
     status: str = "connected"
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer"
 
 
 def _decimal(value: Any) -> Decimal | None:

@@ -292,9 +292,9 @@ class _Validator:
                 self.add(key_path(path, "required"), "must be a boolean")
             if "description" in declaration:
                 self.expect_string(declaration["description"], key_path(path, "description"))
-            if "default" in declaration and type_name in INPUT_TYPES:
-                if not type_matches(type_name, declaration["default"]):
-                    self.add(key_path(path, "default"), f"must be of type {type_name}")
+            default = declaration.get("default")
+            if "default" in declaration and type_name in INPUT_TYPES and not type_matches(type_name, default):
+                self.add(key_path(path, "default"), f"must be of type {type_name}")
 
     def check_steps(self, steps: Any) -> None:
         if steps is None:
@@ -339,8 +339,8 @@ class _Validator:
             self.add(key_path(path, "model"), "is required")
         else:
             self.check_model(step["model"], key_path(path, "model"))
-        tool_names = self.check_tools(step.get("tools", []), key_path(path, "tools"))
-        self.check_subagents(step.get("subAgents", []), key_path(path, "subAgents"), tool_names)
+        self.check_tools(step.get("tools", []), key_path(path, "tools"))
+        self.check_subagents(step.get("subAgents", []), key_path(path, "subAgents"))
         if "maxToolCalls" in step:
             self.expect_range(step["maxToolCalls"], key_path(path, "maxToolCalls"), 0, MAX_TOOL_CALLS_LIMIT,
                               integer=True)
@@ -410,10 +410,10 @@ class _Validator:
                     if "arguments" in call:
                         self.expect_object(call["arguments"], key_path(call_path, "arguments"))
 
-    def check_tools(self, tools: Any, path: str) -> set[str]:
+    def check_tools(self, tools: Any, path: str) -> None:
         names: set[str] = set()
         if not self.expect_list(tools, path):
-            return names
+            return
         for index, tool in enumerate(tools):
             tool_path = f"{path}[{index}]"
             if not self.expect_object(tool, tool_path):
@@ -425,7 +425,8 @@ class _Validator:
             elif self.expect_string(name, key_path(tool_path, "name"), pattern=TOOL_NAME_RE,
                                     hint="letters, digits, '_' and '-', starting with a letter, at most 64"):
                 if name.startswith(SUBAGENT_TOOL_PREFIX):
-                    self.add(key_path(tool_path, "name"), f"the prefix {SUBAGENT_TOOL_PREFIX!r} is reserved for sub-agents")
+                    self.add(key_path(tool_path, "name"),
+                             f"the prefix {SUBAGENT_TOOL_PREFIX!r} is reserved for sub-agents")
                 elif name in names:
                     self.add(key_path(tool_path, "name"), f"duplicate tool name {name!r}")
                 names.add(name)
@@ -436,12 +437,12 @@ class _Validator:
                                    hint="an integration slug")
             if "description" in tool:
                 self.expect_string(tool["description"], key_path(tool_path, "description"))
-            if "parameters" in tool and self.expect_object(tool["parameters"], key_path(tool_path, "parameters")):
-                if tool["parameters"].get("type", "object") != "object":
-                    self.add(key_path(key_path(tool_path, "parameters"), "type"), 'must be "object"')
-        return names
+            parameters_path = key_path(tool_path, "parameters")
+            if ("parameters" in tool and self.expect_object(tool["parameters"], parameters_path)
+                    and tool["parameters"].get("type", "object") != "object"):
+                self.add(key_path(parameters_path, "type"), 'must be "object"')
 
-    def check_subagents(self, subagents: Any, path: str, tool_names: set[str]) -> None:
+    def check_subagents(self, subagents: Any, path: str) -> None:
         if not self.expect_list(subagents, path):
             return
         seen: set[str] = set()

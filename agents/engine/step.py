@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from . import subagents
-from .errors import BudgetExceeded, EngineError, MaxToolCallsExceeded, ProviderError
+from .errors import EngineError, MaxToolCallsExceeded, ProviderError
 from .pricing import cost_usd, estimate_usd
 from .providers.base import ChatRequest, ChatResponse, ToolCall
 from .spec import DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOOL_CALLS
@@ -61,6 +61,28 @@ def _render_model(model: Mapping[str, Any], context: Mapping[str, Any],
         call["headers"] = {name: render_for_call(value, context, resolve) for name, value in model["headers"].items()}
         trace["headers"] = {name: render_for_trace(value, context) for name, value in model["headers"].items()}
     return call, trace
+
+
+@dataclass
+class _Conversation:
+    """The messages sent to the model, and the same conversation as the trace stores it.
+
+    Only the leading system and user prompts differ (secrets stay ``{{secret.NAME}}``
+    in the trace); later assistant and tool messages are shared.
+    """
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    trace_head: list[dict[str, Any]] = field(default_factory=list)
+
+    def open_with(self, role: str, call_text: str, trace_text: str) -> None:
+        self.messages.append({"role": role, "content": call_text})
+        self.trace_head.append({"role": role, "content": trace_text})
+
+    def add(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    def for_trace(self) -> list[dict[str, Any]]:
+        return self.trace_head + self.messages[len(self.trace_head):]
 
 
 def _tool_call_message(call: ToolCall) -> dict[str, Any]:
@@ -106,37 +128,39 @@ class _Toolbox:
         except EngineError as exc:
             recorder.finish(span, status=exc.status, error={"code": exc.code, "message": exc.message})
             raise
+        error = {"code": "tool_error", "message": outcome.output["error"]["message"]} \
+            if outcome.status == "error" else None
         recorder.finish(span, status=outcome.status, output=outcome.output, attributes=outcome.attributes,
-                        error=outcome.output.get("error") if outcome.status == "error" else None)
+                        error=error)
         # The model never needs a credential: keep resolved secrets an integration
         # may echo back out of the conversation sent to the provider.
         return self.state.redactor.redact_text(outcome.content)
 
 
 def _call_model(frame: Frame, state: RunState, span_id: str, model: Mapping[str, Any], trace_model: Mapping[str, Any],
-                messages: list[dict[str, Any]], trace_messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                context: Mapping[str, Any]) -> ChatResponse:
+                conversation: _Conversation, tools: list[dict[str, Any]], context: Mapping[str, Any]) -> ChatResponse:
     frame.check(state)
     provider_name = model["provider"]
     model_name = model.get("name", "local")
     price = state.price(provider_name, model_name)
     max_tokens = model.get("maxTokens", DEFAULT_MAX_TOKENS)
-    estimate = estimate_usd(estimate_input_tokens(messages, tools), max_tokens, price)
+    estimate = estimate_usd(estimate_input_tokens(conversation.messages, tools), max_tokens, price)
     recorder = state.recorder
     span = recorder.start(
         "llm", model_name, span_id, model=model_name, provider=provider_name,
-        input={"messages": list(trace_messages)},
+        input={"messages": conversation.for_trace()},
         attributes={"tools": [tool["function"]["name"] for tool in tools], "estimateUsd": format(estimate, "f"),
                     **{key: trace_model[key] for key in ("baseUrl", "temperature", "maxTokens") if key in trace_model}},
     )
     try:
         state.runtime.before_model_call(estimate)
-    except BudgetExceeded as exc:
+    except EngineError as exc:  # BudgetExceeded, or the host's own refusal (e.g. ledger unreachable)
         recorder.finish(span, status=exc.status, error={"code": exc.code, "message": exc.message})
         raise
     try:
         response = state.providers[provider_name].complete(
-            ChatRequest(model=model, messages=list(messages), tools=tools, context=context), deadline=frame.deadline)
+            ChatRequest(model=model, messages=list(conversation.messages), tools=tools, context=context),
+            deadline=frame.deadline)
     except BaseException as exc:
         state.runtime.after_model_call(Decimal(0))
         if isinstance(exc, EngineError):
@@ -171,15 +195,11 @@ def run_step(frame: Frame, state: RunState, step: Mapping[str, Any], outputs: Ma
         def resolve(secret_name: str) -> str:
             return state.secret(frame.agent, secret_name)
 
-        messages: list[dict[str, Any]] = []
-        trace_messages: list[dict[str, Any]] = []
-        if "systemPrompt" in step:
-            trace_input["systemPrompt"] = render_for_trace(step["systemPrompt"], context)
-            messages.append({"role": "system", "content": render_for_call(step["systemPrompt"], context, resolve)})
-            trace_messages.append({"role": "system", "content": trace_input["systemPrompt"]})
-        trace_input["prompt"] = render_for_trace(step["prompt"], context)
-        messages.append({"role": "user", "content": render_for_call(step["prompt"], context, resolve)})
-        trace_messages.append({"role": "user", "content": trace_input["prompt"]})
+        conversation = _Conversation()
+        for key, role in (("systemPrompt", "system"), ("prompt", "user")):
+            if key in step:
+                trace_input[key] = render_for_trace(step[key], context)
+                conversation.open_with(role, render_for_call(step[key], context, resolve), trace_input[key])
         model, trace_model = _render_model(step["model"], context, resolve)
         attributes["model"] = trace_model
 
@@ -188,24 +208,20 @@ def run_step(frame: Frame, state: RunState, step: Mapping[str, Any], outputs: Ma
         calls_made = 0
         provider_ms = 0.0
         while True:
-            response = _call_model(frame, state, span.id, model, trace_model, messages, trace_messages,
-                                   toolbox.definitions, context)
+            response = _call_model(frame, state, span.id, model, trace_model, conversation, toolbox.definitions,
+                                   context)
             provider_ms += response.provider_ms
             if not response.tool_calls:
                 break
-            assistant = {"role": "assistant", "content": response.content or None,
-                         "tool_calls": [_tool_call_message(call) for call in response.tool_calls]}
-            messages.append(assistant)
-            trace_messages.append(assistant)
+            conversation.add({"role": "assistant", "content": response.content or None,
+                              "tool_calls": [_tool_call_message(call) for call in response.tool_calls]})
             for tool_call in response.tool_calls:
                 if calls_made >= max_calls:
                     raise MaxToolCallsExceeded(f"step {name!r} asked for more than {max_calls} tool calls")
                 calls_made += 1
                 content, spent = toolbox.call(tool_call)
                 provider_ms += spent
-                result = {"role": "tool", "tool_call_id": tool_call.id, "content": content}
-                messages.append(result)
-                trace_messages.append(result)
+                conversation.add({"role": "tool", "tool_call_id": tool_call.id, "content": content})
     except EngineError as exc:
         recorder.finish(span, status=exc.status, input=trace_input, error={"code": exc.code, "message": exc.message},
                         attributes=attributes)

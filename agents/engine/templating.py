@@ -166,6 +166,8 @@ class Redactor:
 
     def redact(self, data: Any) -> Any:
         """Return ``data`` (str, dict, list, scalars) with every known secret value replaced."""
+        if not self._names:  # most runs resolve no secret: skip the walk
+            return data
         if isinstance(data, str):
             return self.redact_text(data)
         if isinstance(data, Mapping):

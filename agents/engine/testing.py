@@ -132,16 +132,18 @@ class StubReply:
 
 
 class StubServer(ThreadingHTTPServer):
-    """A loopback server; ``requests`` lists every request received, in order."""
+    """A loopback server; ``requests`` lists every request received, in order
+    (unless ``record`` is false: a long benchmark should not hoard every body)."""
 
     daemon_threads = True
     block_on_close = False
     # Benchmarks open hundreds of connections at once; the default backlog is 5.
     request_queue_size = 1024
 
-    def __init__(self, handler: Callable[[StubRequest], StubReply]):
+    def __init__(self, handler: Callable[[StubRequest], StubReply], *, record: bool = True):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.handler = handler
+        self.record = record
         self.requests: list[StubRequest] = []
         self.lock = threading.Lock()
         self.closing = threading.Event()  # wakes delayed replies so close() is prompt
@@ -178,8 +180,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         request = StubRequest(self.command, self.path, dict(self.headers.items()), body)
-        with self.server.lock:
-            self.server.requests.append(request)
+        if self.server.record:
+            with self.server.lock:
+                self.server.requests.append(request)
         try:
             reply = self.server.handler(request)
         except Exception as exc:  # a broken handler answers 500 instead of hanging the client
@@ -205,9 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Silent: test output should show failures, not access logs."""
 
 
-def start_json_server(handler: Callable[[StubRequest], StubReply]) -> tuple[str, StubServer]:
+def start_json_server(handler: Callable[[StubRequest], StubReply], *, record: bool = True) -> tuple[str, StubServer]:
     """Start a loopback server answering through ``handler``; return ``(base_url, server)``."""
-    server = StubServer(handler)
+    server = StubServer(handler, record=record)
     server.thread.start()
     return server.base_url, server
 
@@ -242,7 +245,8 @@ def _completion(entry: Mapping[str, Any], request: StubRequest, index: int) -> d
     }
 
 
-def start_openai_stub(latency_ms: float = 0, script: list[Mapping[str, Any]] | None = None) -> tuple[str, StubServer]:
+def start_openai_stub(latency_ms: float = 0, script: list[Mapping[str, Any]] | None = None, *,
+                      record: bool = True) -> tuple[str, StubServer]:
     """An OpenAI-compatible chat-completions server on loopback; returns ``(base_url, server)``.
 
     ``base_url`` ends in ``/v1`` (use it as the model's ``baseUrl``). The k-th
@@ -255,7 +259,8 @@ def start_openai_stub(latency_ms: float = 0, script: list[Mapping[str, Any]] | N
       "body": {...}, "delayMs": n}``;
     * a hang: any entry with a ``delayMs`` beyond the client's timeout.
 
-    ``delayMs`` defaults to ``latency_ms``.
+    ``delayMs`` defaults to ``latency_ms``. ``record=False`` keeps ``server.requests``
+    empty, for long benchmarks.
     """
     counter = {"next": 0}
     lock = threading.Lock()
@@ -273,5 +278,5 @@ def start_openai_stub(latency_ms: float = 0, script: list[Mapping[str, Any]] | N
             return StubReply(entry["status"], body, dict(entry.get("headers", {})), delay)
         return StubReply(200, _completion(entry, request, index), dict(entry.get("headers", {})), delay)
 
-    base_url, server = start_json_server(handle)
+    base_url, server = start_json_server(handle, record=record)
     return f"{base_url}/v1", server

@@ -2,8 +2,9 @@
 
 Wire contract (``http`` integrations): ``POST {base_url}/{tool_name}`` with the
 model's arguments as the JSON body, the integration's ``headers``, and
-``Authorization: Bearer <value>`` when the integration has a
-``credentials_secret`` (resolved at call time; the value is never recorded).
+``<auth_header>: <auth_scheme> <value>`` (default ``Authorization: Bearer``)
+when the integration has a ``credentials_secret`` (resolved at call time; the
+value is never recorded).
 Waits never pass the run deadline (:class:`RunTimeout` if they would).
 
 What the model gets back:
@@ -90,7 +91,8 @@ def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration
 
     headers = {"Accept": "application/json", **integration.headers}
     if integration.credentials_secret:
-        headers["Authorization"] = f"Bearer {resolve_secret(integration.credentials_secret)}"
+        value = resolve_secret(integration.credentials_secret)
+        headers[integration.auth_header] = f"{integration.auth_scheme} {value}" if integration.auth_scheme else value
     url = f"{integration.base_url.rstrip('/')}/{tool['name']}"
     try:
         reply = post_json(client, url, payload=arguments, headers=headers, deadline=deadline)

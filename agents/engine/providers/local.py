@@ -30,8 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProviderError, ProviderTimeout
-from ..tokens import count_tokens, estimate_input_tokens
 from ..templating import render_for_trace
+from ..tokens import count_tokens, estimate_input_tokens
 from .base import ChatRequest, ChatResponse, ToolCall, Usage
 
 

@@ -46,11 +46,11 @@ def _ms_since(started: float) -> float:
 def _provider_message(reply: HttpReply) -> str:
     try:
         error = reply.json().get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        if isinstance(message, str) and message:
-            return message[:300]
-    except (ValueError, AttributeError):
-        pass
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        error = None
+    message = error.get("message") if isinstance(error, dict) else error
+    if isinstance(message, str) and message:
+        return message[:300]
     return reply.text()[:300] or "no body"
 
 
@@ -90,6 +90,11 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; forwarding them would fail later, far from the cause.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_tool_calls(raw: Any) -> list[ToolCall]:
     calls: list[ToolCall] = []
     for index, item in enumerate(raw or []):
@@ -98,7 +103,8 @@ def parse_tool_calls(raw: Any) -> list[ToolCall]:
         arguments: Any
         error = None
         try:
-            arguments = json.loads(arguments_text) if isinstance(arguments_text, str) else arguments_text
+            arguments = (json.loads(arguments_text, parse_constant=_reject_constant)
+                         if isinstance(arguments_text, str) else arguments_text)
         except ValueError:
             arguments, error = {}, "arguments are not valid JSON"
         if not isinstance(arguments, dict):
@@ -181,7 +187,7 @@ class OpenAIProvider:
                 raise ProviderError(f"model provider transport failure ({type(exc).__name__})",
                                     provider_ms=_ms_since(started)) from None
             else:
-                if reply.status == 200:
+                if 200 <= reply.status < 300:
                     return self._response(reply, started)
                 failure = f"model provider answered HTTP {reply.status}: {_provider_message(reply)}"
                 if reply.status != 429 and reply.status < 500:
@@ -201,7 +207,7 @@ class OpenAIProvider:
         try:
             data = reply.json()
         except ValueError:
-            raise ProviderError("model provider answered 200 with a body that is not JSON",
+            raise ProviderError("model provider answered with a body that is not JSON",
                                 provider_ms=_ms_since(started)) from None
         try:
             content, tool_calls, usage = parse_completion(data)
