@@ -224,6 +224,7 @@ def test_viewer_cannot_add_or_change_anything(viewer, acme):
     assert client.get(url("agents.agent", "add")).status_code == 403
     agent_page = client.get(url("agents.agent", "change", acme["agent"].pk))
     assert agent_page.status_code == 200 and not has_save_button(agent_page)
+    assert url("agents.revision", "add").encode() not in agent_page.content
     assert client.post(url("agents.agent", "change", acme["agent"].pk), {"name": "renamed"}).status_code == 403
     revision_page = client.get(url("agents.revision", "change", acme["revision"].pk))
     assert revision_page.status_code == 200 and not has_save_button(revision_page)
