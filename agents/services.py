@@ -38,8 +38,23 @@ def update_agent(*, actor: Actor, agent: Agent, changes: dict) -> Agent:
         locked.updated_at = timezone.now()
         locked.save()
         audit.record(organization=locked.organization, actor=actor, action="agent.updated", target_type="agent",
-                     target_id=locked.slug, data={"changed": sorted(changes)})
+                     target_id=locked.slug, data={"changed": sorted(changes),
+                                                  **({"gatingDataset": getattr(changes["gating_dataset"], "slug", None)}
+                                                     if "gating_dataset" in changes else {})})
     return locked
+
+
+def dataset_in_org(*, organization: Organization, slug: str | None):
+    """The org's dataset ``slug`` (None for None); 400 ``unknown_dataset`` otherwise."""
+    if slug is None:
+        return None
+    from evaluations.models import Dataset
+
+    dataset = Dataset.objects.filter(organization=organization, slug=slug).first()
+    if dataset is None:
+        raise InvalidRequest(f"Dataset '{slug}' does not exist in this organization.", code="unknown_dataset",
+                             details={"fields": {"gatingDataset": ["Unknown dataset."]}})
+    return dataset
 
 
 def referencing_agents(agent: Agent) -> list[str]:

@@ -1,8 +1,9 @@
 """The pre-deploy checklist of the seed product, checked by the machine.
 
 ``check(agent, revision)`` returns the items in a fixed order, each
-``{"check", "status": "pass|warn|fail", "detail", "data"}``. ``integrations``,
-``secrets`` and ``subAgents`` block a deploy when they fail; the others warn.
+``{"check", "status": "pass|warn|fail", "detail", "data"}``. ``evaluation``
+(once the agent has a gating dataset), ``integrations``, ``secrets`` and
+``subAgents`` block a deploy when they fail; ``budget`` and the rest only warn.
 Every lookup is scoped to the agent's organization: a secret or integration of
 another org never satisfies a check.
 """
@@ -14,7 +15,7 @@ from agents.diff import diff_specs
 from agents.models import Agent, Revision, RevisionReference
 from orgs.models import Integration, Secret
 
-BLOCKING = ("integrations", "secrets", "subAgents")
+BLOCKING = ("evaluation", "integrations", "secrets", "subAgents")
 USABLE_INTEGRATION = ("connected", "authorized")
 
 
@@ -34,7 +35,9 @@ def _refs(revision: Revision, kind: str) -> list[RevisionReference]:
 
 
 def _evaluation(agent: Agent, revision: Revision) -> Item:
-    return Item("evaluation", "warn", "No evaluation: the candidate has not been scored against a golden dataset.")
+    from evaluations.gate import evaluation_item
+
+    return evaluation_item(agent, revision)
 
 
 def _diff(agent: Agent, revision: Revision) -> Item:

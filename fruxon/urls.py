@@ -10,11 +10,13 @@ from fruxon import converters  # noqa: F401  (registers the "name" converter)
 from fruxon.api import errors
 from agents.api import urls as agents_urls
 from deployments.api import urls as deployments_urls
+from evaluations.api import urls as evaluations_urls
 from monitoring.api import urls as monitoring_urls
 from orgs.api import urls as orgs_urls
 
 tenant_urls = [
-    *orgs_urls.tenant_urls, *agents_urls.tenant_urls, *deployments_urls.tenant_urls, *monitoring_urls.tenant_urls,
+    *orgs_urls.tenant_urls, *agents_urls.tenant_urls, *deployments_urls.tenant_urls, *evaluations_urls.tenant_urls,
+    *monitoring_urls.tenant_urls,
 ]
 
 urlpatterns = [

@@ -152,3 +152,24 @@ class Budget(TenantModel):
 
     def __str__(self) -> str:
         return f"{self.agent}: ${self.amount_usd}/{self.period}{' (cap)' if self.enforce else ''}"
+
+
+class Alert(TenantModel):
+    """One alert to deliver (webhook and/or email); ``dedupe_key`` makes raising it idempotent."""
+
+    kind = models.CharField(max_length=50)
+    subject = models.CharField(max_length=300)
+    payload = models.JSONField(default=dict)
+    webhook = models.URLField(blank=True, default="", max_length=2000)
+    emails = models.JSONField(default=list, blank=True)
+    dedupe_key = models.CharField(max_length=200)
+    webhook_sent = models.BooleanField(default=False)
+    email_sent = models.BooleanField(default=False)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=1000, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["organization", "dedupe_key"], name="uniq_alert_dedupe")]

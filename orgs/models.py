@@ -22,6 +22,12 @@ secret_name_validator = RegexValidator(
 )
 
 
+def _webhook_secret() -> str:
+    import secrets
+
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
 class Organization(models.Model):
     slug = models.CharField(max_length=50, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200)
@@ -29,6 +35,8 @@ class Organization(models.Model):
         default=30, validators=[MinValueValidator(1), MaxValueValidator(3650)]
     )
     created_at = models.DateTimeField(default=timezone.now)
+    # Signs alert webhooks (HMAC-SHA256); shown to owners in /settings so receivers can verify.
+    webhook_secret = models.CharField(max_length=80, default=_webhook_secret)
 
     class Meta:
         ordering = ["slug"]

@@ -22,7 +22,11 @@ from django.utils import timezone
 
 from agents import grants
 from agents.services import create_revision
+from agents import services as agent_services
 from deployments import scheduling, shadow
+from evaluations.services import datasets
+from evaluations.services import runs as evaluation_runs
+from evaluations.services import scheduled as eval_schedules
 from deployments import services as deployments
 
 from . import factories as f
@@ -48,6 +52,8 @@ class World:
     a_run: object
     a_deployment: object = None
     a_schedule: object = None
+    a_case: object = None
+    a_evaluation: object = None
 
 
 @pytest.fixture
@@ -66,6 +72,12 @@ def world(db) -> World:
     a_deployment = deployments.deploy(actor=SYSTEM, agent=a_agent, revision_id=a_revision.id, reason="alpha first")
     candidate = create_revision(actor=SYSTEM, agent=a_agent, spec=local_spec("alpha candidate"), message="candidate")
     shadow.configure(actor=SYSTEM, agent=a_agent, revision_id=candidate.id, sample_rate=0.0)
+    a_dataset = datasets.create_dataset(actor=SYSTEM, organization=a, slug="alpha-data", name="alpha data")
+    a_case = datasets.add_case(actor=SYSTEM, dataset=a_dataset, input={"question": "alpha?"}, expected="alpha")
+    a_evaluation = evaluation_runs.start(actor=SYSTEM, agent=a_agent, revision_id=a_revision.id, dataset=a_dataset)
+    agent_services.update_agent(actor=SYSTEM, agent=a_agent, changes={"gating_dataset": a_dataset})
+    a_agent.refresh_from_db()
+    eval_schedules.set_schedule(actor=SYSTEM, agent=a_agent, every_hours=24)
     a_schedule = scheduling.schedule(actor=SYSTEM, agent=a_agent, revision_id=a_revision.id,
                                      run_at=timezone.now() + timedelta(days=1), reason="alpha later")
     a_run = run_once(a_agent, "alpha question")
@@ -76,7 +88,7 @@ def world(db) -> World:
     grants.set_grant(actor=SYSTEM, agent=a_agent, username="alpha-viewer", role="viewer")
     return World(a, b, a_users, b_owner, a_key,
                  Membership.objects.get(organization=a, user=a_users["viewer"]), b_plain, a_revision, a_run,
-                 a_deployment, a_schedule)
+                 a_deployment, a_schedule, a_case, a_evaluation)
 
 
 def _call(client, method: str, url: str):

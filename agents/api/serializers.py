@@ -14,12 +14,14 @@ class AgentSerializer(serializers.ModelSerializer):
     deployedRevisionId = serializers.CharField(source="deployed_revision_id", allow_null=True)
     shadow = serializers.SerializerMethodField(help_text="The shadow configuration, or null when shadow mode is off.")
     gatingDataset = serializers.SerializerMethodField(help_text="Slug of the dataset that gates deploys, or null.")
+    gateTolerance = serializers.FloatField(source="gate_tolerance")
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
 
     class Meta:
         model = Agent
-        fields = ["slug", "name", "description", "deployedRevisionId", "shadow", "gatingDataset", "createdAt", "updatedAt"]
+        fields = ["slug", "name", "description", "deployedRevisionId", "shadow", "gatingDataset", "gateTolerance",
+                  "createdAt", "updatedAt"]
 
     def get_shadow(self, agent) -> dict | None:
         config = getattr(agent, "shadow_config", None)
@@ -39,6 +41,10 @@ class AgentCreate(StrictSerializer):
 class AgentPatch(StrictSerializer):
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
     description = serializers.CharField(max_length=5000, required=False, allow_blank=True)
+    gatingDataset = serializers.CharField(max_length=50, required=False, allow_null=True,
+                                          help_text="slug of a dataset in this org that gates deploys; null to remove")
+    gateTolerance = serializers.FloatField(required=False, min_value=0.0, max_value=1.0,
+                                           help_text="how far below the deployed score a candidate may be (default 0)")
 
 
 class RevisionSerializer(serializers.ModelSerializer):

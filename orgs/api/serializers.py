@@ -48,6 +48,7 @@ class SettingsSerializer(StrictSerializer):
     name = serializers.CharField(max_length=200, required=False)
     retentionDays = serializers.IntegerField(source="retention_days", min_value=1, max_value=3650, required=False)
     slug = serializers.CharField(read_only=True)
+    webhookSecret = serializers.CharField(read_only=True, help_text="signs alert webhooks (HMAC-SHA256); owners only")
 
 
 # --- members ------------------------------------------------------------------------------
@@ -162,8 +163,8 @@ class HttpConfig(StrictSerializer):
     headers = serializers.DictField(child=serializers.CharField(max_length=2000), required=False, default=dict)
     authHeader = serializers.CharField(max_length=100, required=False, default="Authorization",
                                        help_text="Header that carries the credentials secret's value.")
-    authScheme = serializers.CharField(max_length=30, required=False, default="Bearer", allow_blank=True)
-    timeoutSeconds = serializers.FloatField(min_value=0.1, max_value=300, required=False, default=30)
+    authScheme = serializers.CharField(max_length=30, required=False, default="Bearer", allow_blank=True,
+                                       help_text='prefix of the credentials value ("Bearer"); empty sends the bare value')
 
     def validate_headers(self, headers):
         bad = [name for name in headers if _CREDENTIAL_HEADER.search(name)]

@@ -75,7 +75,11 @@ class SettingsView(OrgScopedAPIView):
     access = {"GET": Access(VIEWER, "org:read"), "PUT": Access(OWNER, "org:write"), "PATCH": Access(OWNER, "org:write")}
 
     def _body(self, org):
-        return {"slug": org.slug, "name": org.name, "retentionDays": org.retention_days}
+        body = {"slug": org.slug, "name": org.name, "retentionDays": org.retention_days}
+        # The alert-webhook signing secret is for owners (and keys that may write org settings).
+        if self.role == OWNER or (self.api_key is not None and "org:write" in self.api_key.scopes):
+            body["webhookSecret"] = org.webhook_secret
+        return body
 
     @extend_schema(responses=s.SettingsSerializer)
     def get(self, request, tenant):

@@ -1,0 +1,1 @@
+"""Evaluations business logic: datasets and cases, evaluation runs, comparison, the deploy gate."""

@@ -1,0 +1,111 @@
+"""Datasets and cases. Metrics are validated when set; cases are plain JSON."""
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from fruxon.errors import Conflict, InvalidRequest, NotFound
+from monitoring.models import Run
+from orgs.actor import Actor
+from orgs.models import Organization
+from orgs.services import audit
+
+from .. import metrics as metric_lib
+from ..models import Case, Dataset
+
+
+def _check_metrics(metrics: list) -> None:
+    problems = metric_lib.validate_metrics(metrics)
+    if problems:
+        raise InvalidRequest("Invalid metrics: " + "; ".join(f"{p['path']}: {p['message']}" for p in problems),
+                             code="invalid_metrics", details={"problems": problems})
+
+
+def create_dataset(*, actor: Actor, organization: Organization, slug: str, name: str = "", description: str = "",
+                   metrics: list | None = None, pass_threshold: float = 1.0) -> Dataset:
+    metrics = metrics if metrics is not None else [{"type": "exact"}]
+    _check_metrics(metrics)
+    try:
+        with transaction.atomic():
+            dataset = Dataset.objects.create(organization=organization, slug=slug, name=name or slug,
+                                             description=description, metrics=metrics, pass_threshold=pass_threshold)
+            audit.record(organization=organization, actor=actor, action="dataset.created", target_type="dataset",
+                         target_id=slug, data={"metrics": [m.get("type") for m in metrics]})
+    except IntegrityError:
+        raise InvalidRequest(f"A dataset '{slug}' already exists.", code="slug_taken",
+                             details={"fields": {"slug": ["Already taken."]}}) from None
+    return dataset
+
+
+def update_dataset(*, actor: Actor, dataset: Dataset, changes: dict) -> Dataset:
+    if "metrics" in changes:
+        _check_metrics(changes["metrics"])
+    with transaction.atomic():
+        locked = Dataset.objects.select_for_update().get(pk=dataset.pk)
+        for field, value in changes.items():
+            setattr(locked, field, value)
+        locked.updated_at = timezone.now()
+        locked.save()
+        audit.record(organization=locked.organization, actor=actor, action="dataset.updated", target_type="dataset",
+                     target_id=locked.slug, data={"changed": sorted(changes)})
+    return locked
+
+
+def delete_dataset(*, actor: Actor, dataset: Dataset) -> None:
+    with transaction.atomic():
+        gated = sorted(dataset.gated_agents.values_list("slug", flat=True))
+        if gated:
+            raise Conflict(f"Dataset '{dataset.slug}' gates deploys of {', '.join(gated)}; unset it there first.",
+                           details={"gatedAgents": gated})
+        audit.record(organization=dataset.organization, actor=actor, action="dataset.deleted", target_type="dataset",
+                     target_id=dataset.slug)
+        dataset.delete()
+
+
+def get_dataset(*, organization: Organization, slug: str) -> Dataset:
+    dataset = Dataset.objects.filter(organization=organization, slug=slug).first()
+    if dataset is None:
+        raise NotFound(f"Dataset '{slug}' not found.")
+    return dataset
+
+
+def add_case(*, actor: Actor, dataset: Dataset, input: dict, expected=None, critical: bool = False,
+             tags: list | None = None, source_run_id: str = "") -> Case:
+    with transaction.atomic():
+        case = Case.objects.create(organization_id=dataset.organization_id, dataset=dataset, input=input,
+                                   expected=expected, critical=critical, tags=tags or [], source_run_id=source_run_id)
+        Dataset.objects.filter(pk=dataset.pk).update(updated_at=timezone.now())
+    return case
+
+
+def update_case(*, actor: Actor, case: Case, changes: dict) -> Case:
+    for field, value in changes.items():
+        setattr(case, field, value)
+    case.save()
+    return case
+
+
+def add_cases_bulk(*, actor: Actor, dataset: Dataset, cases: list[dict]) -> list[Case]:
+    """All or nothing: one bad case leaves the dataset as it was."""
+    with transaction.atomic():
+        rows = Case.objects.bulk_create([
+            Case(organization_id=dataset.organization_id, dataset=dataset, input=c["input"], expected=c.get("expected"),
+                 critical=c.get("critical", False), tags=c.get("tags", []), source_run_id=c.get("source_run_id", ""))
+            for c in cases
+        ])
+        audit.record(organization=dataset.organization, actor=actor, action="dataset.cases_added", target_type="dataset",
+                     target_id=dataset.slug, data={"count": len(rows)})
+    return rows
+
+
+def case_from_run(*, actor: Actor, run: Run, dataset: Dataset, expected=None, critical: bool = True,
+                  tags: list | None = None) -> Case:
+    """A production run becomes a regression case: its input copied, its id kept as ``sourceRunId``."""
+    if dataset.organization_id != run.organization_id:
+        raise NotFound(f"Dataset '{dataset.slug}' not found.")
+    with transaction.atomic():
+        case = add_case(actor=actor, dataset=dataset, input=dict(run.input or {}), expected=expected, critical=critical,
+                        tags=list(tags or []) + ["from-production"], source_run_id=run.id)
+        audit.record(organization=dataset.organization, actor=actor, action="dataset.case_from_run",
+                     target_type="dataset", target_id=dataset.slug, data={"runId": run.id, "caseId": case.pk})
+    return case
