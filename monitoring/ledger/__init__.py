@@ -1,0 +1,49 @@
+"""The budget ledger (DESIGN rule 6): reserve worst case, settle to actual, never overshoot.
+
+Before each model call the runtime reserves the call's worst-case cost with
+``ledger().reserve(state, amount)``; it is admitted only if
+``spent + reserved + amount <= cap`` in ONE atomic operation, so however many
+processes race, admitted reservations never exceed the cap. After the call,
+``settle`` moves the reservation to ``spent`` at the actual cost (never more
+than reserved, since the estimate is the worst case). A reservation left by a
+killed process is released by the ``release_stale`` task.
+
+Two implementations, same contract:
+
+* ``RedisLedger``: a Lua script per operation (atomic in Redis); the default
+  when ``REDIS_URL`` is set. Redis keeps no data on disk here, so a period
+  whose key is missing is re-seeded from the database's recorded spend.
+* ``DatabaseLedger``: a conditional ``UPDATE ... WHERE spent + reserved + x <=
+  cap`` on the period row (PostgreSQL re-checks the predicate after a row
+  lock wait); the embedded default and the fallback.
+
+``FRUXON_LEDGER=redis|database`` overrides the choice. Amounts are integers in
+units of 1e-8 USD (the precision of recorded costs), so no float rounding can
+admit a cent too much. When the ledger cannot be reached, ``reserve`` raises
+``LedgerUnavailable``: execution fails closed.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from django.conf import settings
+
+from .base import BudgetState, Ledger, LedgerUnavailable, Reservation, from_units, to_units
+
+__all__ = ["BudgetState", "Ledger", "LedgerUnavailable", "Reservation", "from_units", "ledger", "to_units"]
+
+
+@lru_cache(maxsize=1)
+def _make(kind: str, url: str) -> Ledger:
+    if kind == "redis":
+        from .redis_ledger import RedisLedger
+
+        return RedisLedger(url)
+    from .db_ledger import DatabaseLedger
+
+    return DatabaseLedger()
+
+
+def ledger() -> Ledger:
+    kind = getattr(settings, "FRUXON_LEDGER", "") or ("redis" if settings.REDIS_URL else "database")
+    return _make(kind, settings.FRUXON_LEDGER_REDIS_URL or settings.REDIS_URL)

@@ -1,0 +1,137 @@
+"""The Redis ledger: each operation is one Lua script, atomic inside Redis.
+
+Keys per period (``{fx:ledger:<agent>:<period>:<start>}``): ``:totals``
+(hash: spent, reserved), ``:res`` (hash: reservation id -> units). A global
+sorted set ``fx:ledger:open`` holds open reservations by creation time for the
+stale sweep. Scripts touch keys of one period plus that set, so the ledger
+needs one Redis primary (not a sharded cluster). Periods expire a day
+after they end. A missing ``:totals`` (Redis restarted, or a new period) makes
+``reserve`` answer "unseeded"; the ledger then seeds spent from the database
+with HSETNX and retries, so a restart never forgets what was spent.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+
+import redis
+
+from .base import BudgetState, LedgerUnavailable, Reservation
+
+OPEN = "fx:ledger:open"
+
+RESERVE = """
+-- KEYS: totals, res, open   ARGV: units, cap, enforce, id, now, expire_at, member
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local units = tonumber(ARGV[1])
+if ARGV[3] == '1' and spent + reserved + units > tonumber(ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'reserved', units)
+redis.call('HSET', KEYS[2], ARGV[4], units)
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
+redis.call('EXPIREAT', KEYS[1], ARGV[6])
+redis.call('EXPIREAT', KEYS[2], ARGV[6])
+return 1
+"""
+
+SETTLE = """
+-- KEYS: totals, res, open   ARGV: id, actual, member
+local units = redis.call('HGET', KEYS[2], ARGV[1])
+if units then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(units))
+end
+redis.call('ZREM', KEYS[3], ARGV[3])
+return redis.call('HINCRBY', KEYS[1], 'spent', tonumber(ARGV[2]))
+"""
+
+RELEASE = """
+-- KEYS: totals, res, open   ARGV: id, member
+local units = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[2])
+if not units then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(units))
+return 1
+"""
+
+SET_SPENT = """
+local previous = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+redis.call('HSET', KEYS[1], 'spent', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'reserved', 0)
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+return previous
+"""
+
+
+def _keys(state: BudgetState) -> tuple[str, str, str]:
+    base = f"{{fx:ledger:{state.key}}}"
+    return f"{base}:totals", f"{base}:res", OPEN
+
+
+def _expire_at(state: BudgetState) -> int:
+    return int(state.period_end.timestamp()) + 86_400
+
+
+class RedisLedger:
+    def __init__(self, url: str):
+        self.client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                           health_check_interval=30)
+        self._reserve = self.client.register_script(RESERVE)
+        self._settle = self.client.register_script(SETTLE)
+        self._release = self.client.register_script(RELEASE)
+        self._set_spent = self.client.register_script(SET_SPENT)
+
+    def _seed(self, state: BudgetState) -> None:
+        from .spend import recorded_spend_units
+
+        totals, _, _ = _keys(state)
+        pipe = self.client.pipeline()
+        pipe.hsetnx(totals, "spent", recorded_spend_units(state))
+        pipe.hsetnx(totals, "reserved", 0)
+        pipe.expireat(totals, _expire_at(state))
+        pipe.execute()
+
+    def open_period(self, state: BudgetState) -> None:
+        self._seed(state)
+
+    def reserve(self, state: BudgetState, units: int) -> Reservation | None:
+        rid = uuid.uuid4().hex
+        member = f"{state.key}|{rid}"
+        args = [units, state.cap_units, "1" if state.enforce else "0", rid, time.time(), _expire_at(state), member]
+        try:
+            for _ in range(2):
+                answer = self._reserve(keys=list(_keys(state)), args=args)
+                if answer != -1:
+                    return Reservation(rid, state, units) if answer == 1 else None
+                self._seed(state)
+            raise LedgerUnavailable("the Redis ledger could not be seeded")
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"Redis ledger unavailable: {type(exc).__name__}") from exc
+
+    def settle(self, reservation: Reservation, actual_units: int) -> int:
+        member = f"{reservation.state.key}|{reservation.id}"
+        return int(self._settle(keys=list(_keys(reservation.state)), args=[reservation.id, actual_units, member]))
+
+    def usage(self, state: BudgetState) -> tuple[int, int]:
+        totals, _, _ = _keys(state)
+        spent, reserved = self.client.hmget(totals, "spent", "reserved")
+        if spent is None:
+            from .spend import recorded_spend_units
+
+            return recorded_spend_units(state), 0
+        return int(spent), int(reserved or 0)
+
+    def set_spent(self, state: BudgetState, spent_units: int) -> int:
+        totals, _, _ = _keys(state)
+        return int(self._set_spent(keys=[totals], args=[spent_units, _expire_at(state)]))
+
+    def release_stale(self, older_than: datetime) -> int:
+        released = 0
+        for member in self.client.zrangebyscore(OPEN, 0, older_than.timestamp(), start=0, num=10_000):
+            key, _, rid = member.decode().rpartition("|")
+            base = f"{{fx:ledger:{key}}}"
+            released += int(self._release(keys=[f"{base}:totals", f"{base}:res", OPEN], args=[rid, member]))
+        return released

@@ -1,0 +1,174 @@
+"""Budgets: the API, hard caps with both ledgers, fail-closed, threshold alerts, housekeeping."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from datetime import timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from monitoring import budgets
+from monitoring.ledger import BudgetState, ledger, to_units
+from monitoring.models import Alert, Budget, BudgetReservation, Run
+from monitoring.pricing import set_overrides
+
+from . import factories as f
+from .builders import SYSTEM, agent_with_revision, local_spec
+
+REDIS_URL = __import__("os").environ.get("FRUXON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+LEDGERS = [pytest.param({"FRUXON_LEDGER": "database"}, id="database"),
+           pytest.param({"FRUXON_LEDGER": "redis", "FRUXON_LEDGER_REDIS_URL": REDIS_URL}, id="redis")]
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis():
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def priced_agent(org, slug="support", reply="0123456789012345678901234567890123456789"):
+    """An agent whose every run costs the same: 1 cent per 1,000 tokens in and out."""
+    spec = local_spec(reply, prompt="fixed prompt")
+    spec["steps"][0]["model"]["maxTokens"] = 10
+    agent, revision = agent_with_revision(org, slug, spec)
+    set_overrides(actor=SYSTEM, organization=org, agent=agent, rows=[{
+        "provider": "fruxon-local", "model": "*", "inputPerMillion": Decimal("10000"),
+        "outputPerMillion": Decimal("10000")}])
+    return agent
+
+
+def _execute(client, agent="support"):
+    return client.post(f"/v1/acme/agents/{agent}:execute", {"input": {"question": "q"}}, format="json")
+
+
+@pytest.fixture
+def runner(org, api):
+    _, key = f.api_key(org, preset="runner")
+    return api.as_key(key)
+
+
+def test_budget_api(org, owner_client, viewer, api):
+    priced_agent(org)
+    assert owner_client.get("/v1/acme/agents/support/budget").status_code == 404
+    put = owner_client.put("/v1/acme/agents/support/budget", {"period": "day", "amountUsd": "50", "enforce": True,
+                                                              "alertThresholds": [0.5, 0.8, 1.0]}, format="json")
+    assert put.status_code == 201, put.content
+    body = api.as_user(viewer).get("/v1/acme/agents/support/budget").json()
+    assert body["amountUsd"] == "50.0000" and body["spentUsd"] == "0.00000000" and body["usagePercent"] == 0.0
+    assert body["resetsAt"] > body["periodStart"]
+    assert api.as_user(viewer).put("/v1/acme/agents/support/budget", {"amountUsd": "1"}, format="json").status_code == 403
+    bad = owner_client.put("/v1/acme/agents/support/budget", {"amountUsd": "-1"}, format="json")
+    assert bad.status_code == 400
+    assert owner_client.delete("/v1/acme/agents/support/budget").status_code == 204
+    assert owner_client.get("/v1/acme/agents/support/budget").status_code == 404
+
+
+@pytest.mark.parametrize("ledger_settings", LEDGERS)
+def test_hard_cap_stops_runs_with_429(org, runner, ledger_settings):
+    with override_settings(**ledger_settings):
+        agent = priced_agent(org)
+        first = _execute(runner)
+        assert first.status_code == 200
+        per_run = Decimal(first.json()["usage"]["costUsd"])
+        Budget.objects.create(organization=org, agent=agent, period="day", amount_usd=per_run * 3, enforce=True)
+        answers = [_execute(runner) for _ in range(5)]
+        codes = [a.status_code for a in answers]
+        assert codes[:2] == [200, 200] and codes[2:] == [429, 429, 429], codes
+        refused = answers[-1]
+        assert refused.json()["error"]["code"] == "budget_exceeded"
+        assert 0 < int(refused["Retry-After"]) <= 86400
+        assert Run.objects.get(pk=refused.json()["error"]["details"]["runId"]).status == "budget_exceeded"
+        spent = sum(r.cost_usd for r in Run.objects.filter(agent=agent))
+        assert spent <= per_run * 3
+        state = BudgetState.of(Budget.objects.get(agent=agent), timezone.now())
+        assert ledger().usage(state) == (to_units(spent, round_up=False), 0)
+
+
+def test_alerts_only_budget_never_refuses(org, runner):
+    agent = priced_agent(org)
+    Budget.objects.create(organization=org, agent=agent, period="month", amount_usd=Decimal("0.00000001"), enforce=False)
+    assert [_execute(runner).status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_unreachable_ledger_fails_closed(org, runner):
+    agent = priced_agent(org)
+    Budget.objects.create(organization=org, agent=agent, period="day", amount_usd=Decimal("100"), enforce=True)
+    with override_settings(FRUXON_LEDGER="redis", FRUXON_LEDGER_REDIS_URL="redis://127.0.0.1:1/0"):
+        response = _execute(runner)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "ledger_unavailable"
+    run = Run.objects.get(pk=response.json()["error"]["details"]["runId"])
+    assert run.status == "error" and run.cost_usd == 0 and run.output is None
+    assert not run.spans.filter(kind="llm", status="ok").exists()
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((dict(self.headers.items()), raw))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        """quiet"""
+
+
+@pytest.fixture
+def webhook():
+    _Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", _Receiver.received
+    server.shutdown()
+    server.server_close()
+
+
+def test_each_threshold_alerts_once_per_period(org, runner, webhook, django_capture_on_commit_callbacks):
+    url, received = webhook
+    agent = priced_agent(org)
+    per_run = Decimal(_execute(runner).json()["usage"]["costUsd"])
+    Run.objects.all().delete()
+    Budget.objects.create(organization=org, agent=agent, period="day", amount_usd=per_run * 4, enforce=False,
+                          alert_thresholds=[0.5, 1.0], alert_webhook=url, alert_emails=["ops@example.com"])
+    for _ in range(6):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert _execute(runner).status_code == 200
+    events = [json.loads(raw) for _, raw in received]
+    assert sorted(e["data"]["threshold"] for e in events) == [0.5, 1.0]
+    org.refresh_from_db()
+    for headers, raw in received:
+        expected = "sha256=" + hmac.new(org.webhook_secret.encode(), raw, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-Fruxon-Signature"], expected)
+        assert headers["X-Fruxon-Event"] == "budget.threshold"
+    assert Alert.objects.filter(kind="budget.threshold").count() == 2
+    from django.core import mail
+
+    assert len(mail.outbox) == 2
+
+
+@pytest.mark.parametrize("ledger_settings", LEDGERS)
+def test_reconcile_release_and_rollover(org, runner, ledger_settings):
+    with override_settings(**ledger_settings):
+        agent = priced_agent(org)
+        budget = Budget.objects.create(organization=org, agent=agent, period="month", amount_usd=Decimal("10"))
+        assert _execute(runner).status_code == 200
+        state = BudgetState.of(budget, timezone.now())
+        recorded = ledger().usage(state)[0]
+        ledger().set_spent(state, recorded + 12345)  # drift
+        repaired = budgets.reconcile()
+        assert len(repaired) == 1 and ledger().usage(state)[0] == recorded
+        reservation = ledger().reserve(state, 1000)  # a process that died before settling
+        assert ledger().usage(state)[1] == 1000
+        assert budgets.release_stale(now=timezone.now()) == 0  # not stale yet
+        assert budgets.release_stale(now=timezone.now() + timedelta(hours=2)) == 1
+        assert ledger().usage(state) == (recorded, 0)
+        assert reservation is not None and not BudgetReservation.objects.filter(pk=reservation.id).exists()
+        assert budgets.rollover(now=timezone.now() + timedelta(days=40)) == 1
