@@ -35,13 +35,12 @@ from django.utils import timezone
 from agents.admin import AgentChoiceField, admin_link, deletion_summary, pretty_json, revision_link
 from agents.models import Agent
 from fruxon.admin_base import OrgScopedAdmin, actor_for, adopt, org_roles, orgs_with_role
-from orgs.actor import Actor
 from orgs.models import Organization
 from orgs.roles import OWNER
-from orgs.services import audit
 
 from . import pricing
 from .models import Conversation, ModelPrice, Run, Span
+from .services import delete_run
 
 TURNS_ON_CONVERSATION_PAGE = 200
 
@@ -84,14 +83,6 @@ def _usd(value: Decimal) -> str:
 def _tokens(row) -> str:
     return (f"in {row.input_tokens} (cached {row.cached_input_tokens}) · out {row.output_tokens}"
             f" · reasoning {row.reasoning_tokens}")
-
-
-def delete_run(*, actor: Actor, run: Run) -> None:
-    """Delete one run with its spans, in a transaction, with an AuditEvent (``run.deleted``)."""
-    with transaction.atomic():
-        audit.record(organization=run.organization, actor=actor, action="run.deleted", target_type="run",
-                     target_id=run.id, data={"agent": run.agent.slug, "revisionId": run.revision_id})
-        run.delete()
 
 
 # --- runs -------------------------------------------------------------------------------------------

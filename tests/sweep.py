@@ -93,6 +93,11 @@ OBJECTS: dict[str, Target] = {
     "grant-list": Target(lambda w: {"agent": "alpha-agent"}),
     "grant-detail": Target(lambda w: {"agent": "alpha-agent", "user": "alpha-viewer"}),
     "run-detail": Target(lambda w: {"run": w.a_run.id}),
+    "run-list": Target(),
+    "run-pin": Target(lambda w: {"run": w.a_run.id}),
+    "conversation-list": Target(),
+    "conversation-detail": Target(lambda w: {"conversation": w.a_run.conversation.key}),
+    "org-metrics": Target(),
     "agent-readiness": Target(lambda w: {"agent": "alpha-agent"}),
     "agent-deploy": Target(lambda w: {"agent": "alpha-agent"}),
     "agent-rollback": Target(lambda w: {"agent": "alpha-agent"}),
@@ -115,4 +120,5 @@ OBJECTS: dict[str, Target] = {
     "evaluation-compare": Target(lambda w: {"evaluation": w.a_evaluation.id}),
     "evaluation-cancel": Target(lambda w: {"evaluation": w.a_evaluation.id}),
     "evaluation-schedule": Target(lambda w: {"agent": "alpha-agent"}),
+    "agent-budget": Target(lambda w: {"agent": "alpha-agent"}),
 }

@@ -22,7 +22,10 @@ from django.utils import timezone
 
 from agents import grants
 from agents.services import create_revision
+from decimal import Decimal
+
 from agents import services as agent_services
+from monitoring import budgets
 from deployments import scheduling, shadow
 from evaluations.services import datasets
 from evaluations.services import runs as evaluation_runs
@@ -78,9 +81,11 @@ def world(db) -> World:
     agent_services.update_agent(actor=SYSTEM, agent=a_agent, changes={"gating_dataset": a_dataset})
     a_agent.refresh_from_db()
     eval_schedules.set_schedule(actor=SYSTEM, agent=a_agent, every_hours=24)
+    budgets.put_budget(actor=SYSTEM, agent=a_agent, period="month", amount_usd=Decimal("50"), enforce=True,
+                       alert_thresholds=[0.8], alert_webhook="", alert_emails=[])
     a_schedule = scheduling.schedule(actor=SYSTEM, agent=a_agent, revision_id=a_revision.id,
                                      run_at=timezone.now() + timedelta(days=1), reason="alpha later")
-    a_run = run_once(a_agent, "alpha question")
+    a_run = run_once(a_agent, "alpha question", conversation_key="alpha-conversation")
     agent_with_revision(b, "beta-agent")
     # an agent admin: an org editor with the admin grant on alpha-agent
     a_users["admin"] = f.member(a, "editor", "alpha-agent-admin")

@@ -1,8 +1,19 @@
-"""Routes of monitoring (mounted under /v1/<tenant>/)."""
+"""Routes of monitoring (mounted under /v1/<tenant>/).
+
+A conversation's id is client-chosen and may contain ":" (``agents.execution``
+allows letters, digits and ``_ . : -``), so its route takes any text up to "/".
+"""
 from django.urls import path
 
-from . import views
+from . import budgets, views
 
 tenant_urls = [
+    path("runs", views.RunViewSet.as_view({"get": "list"}), name="run-list"),
     path("runs/<name:run>", views.RunViewSet.as_view({"get": "retrieve"}), name="run-detail"),
+    path("runs/<name:run>:pin", views.RunViewSet.as_view({"post": "pin"}), name="run-pin"),
+    path("conversations", views.ConversationViewSet.as_view({"get": "list"}), name="conversation-list"),
+    path("conversations/<str:conversation>", views.ConversationViewSet.as_view({"get": "retrieve"}),
+         name="conversation-detail"),
+    path("metrics", views.MetricsView.as_view(), name="org-metrics"),
+    path("agents/<name:agent>/budget", budgets.BudgetView.as_view(), name="agent-budget"),
 ]
