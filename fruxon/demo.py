@@ -16,6 +16,7 @@ from orgs.roles import PRESETS
 from orgs.services import integrations, secrets
 
 DEMO_ORG = "demo"
+PROD_ORG = "prod"  # promotion target of the README walk-through
 DEMO_KEY = "fx_live_demo_0000000000000000000000000000000000"
 USERS = {"owner": "owner-pass-123", "editor": "editor-pass-123", "viewer": "viewer-pass-123"}
 
@@ -55,7 +56,27 @@ def seed() -> Seeded:
                                         config={"baseUrl": "http://127.0.0.1:8000/demo-shop", "headers": {}},
                                         credentials_secret="SHOP_TOKEN", side_effects=False, status="connected")
     _seed_agent(org, system)
+    _seed_prod(system)
     return Seeded(org=org, users=dict(USERS))
+
+
+def _seed_prod(system: Actor) -> None:
+    """A second org, ``prod``, for the README's promotion walk-through.
+
+    The demo owner is its owner too (promotion needs an owner of both orgs) and it
+    holds what the demo's revisions may reference (SHOP_TOKEN, shop-api), with its
+    own values: promotion carries revisions, never secrets.
+    """
+    prod, _ = Organization.objects.get_or_create(slug=PROD_ORG, defaults={"name": "Production", "retention_days": 30})
+    Membership.objects.update_or_create(organization=prod, user=get_user_model().objects.get(username="owner"),
+                                        defaults={"role": "owner"})
+    if not prod.secret_set.filter(name="SHOP_TOKEN").exists():
+        secrets.put_secret(actor=system, organization=prod, name="SHOP_TOKEN", value="demo-prod-shop-token",
+                           description="Token for the production shop API", allowed_agents=["*"])
+    if not prod.integration_set.filter(slug="shop-api").exists():
+        integrations.create_integration(actor=system, organization=prod, slug="shop-api", name="Shop API",
+                                        config={"baseUrl": "http://127.0.0.1:8000/demo-shop", "headers": {}},
+                                        credentials_secret="SHOP_TOKEN", side_effects=False, status="connected")
 
 
 SUPPORT_V1 = {

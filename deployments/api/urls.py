@@ -1,7 +1,7 @@
 """Routes of deployments (mounted under /v1/<tenant>/)."""
 from django.urls import path
 
-from . import views
+from . import transfer, views
 
 A = "agents/<name:agent>"
 
@@ -18,4 +18,7 @@ tenant_urls = [
     path(f"{A}/shadow", views.ShadowView.as_view(), name="agent-shadow"),
     path(f"{A}/shadow/results", views.ShadowResultViewSet.as_view({"get": "list"}), name="shadow-results"),
     path(f"{A}/deploy-policy", views.DeployPolicyView.as_view(), name="agent-deploy-policy"),
+    path("export", transfer.ExportView.as_view(), name="org-export"),
+    path("import", transfer.ImportView.as_view(), name="org-import"),
+    path(f"{A}:promote", transfer.PromoteView.as_view(), name="agent-promote"),
 ]
