@@ -56,6 +56,7 @@ def seed() -> Seeded:
                                         config={"baseUrl": "http://127.0.0.1:8000/demo-shop", "headers": {}},
                                         credentials_secret="SHOP_TOKEN", side_effects=False, status="connected")
     _seed_agent(org, system)
+    _seed_dataset(org, system)
     _seed_prod(system)
     return Seeded(org=org, users=dict(USERS))
 
@@ -124,3 +125,26 @@ def _seed_agent(org: Organization, system: Actor) -> None:
     v1 = create_revision(actor=system, agent=agent, spec=SUPPORT_V1, message="First version")
     create_revision(actor=system, agent=agent, spec=SUPPORT_V2, message="Two-step draft and polish")
     Agent.objects.filter(pk=agent.pk).update(deployed_revision=v1)
+
+
+GOLDEN_CASES = [
+    {"input": {"customer": "Ada", "question": "Where is my order?"}, "expected": "2 days", "critical": True,
+     "tags": ["shipping"]},
+    {"input": {"customer": "Grace", "question": "When will my parcel arrive?"}, "expected": "2 days", "critical": False,
+     "tags": ["shipping"]},
+    {"input": {"customer": "Linus", "question": "How fast do you ship?"}, "expected": "2 days", "critical": False,
+     "tags": ["shipping"]},
+]
+
+
+def _seed_dataset(org: Organization, system: Actor) -> None:
+    """The golden dataset the README's walk-through gates deploys with (not set as the gate by default)."""
+    from evaluations.models import Dataset
+    from evaluations.services.datasets import add_cases_bulk, create_dataset
+
+    if Dataset.objects.filter(organization=org, slug="support-golden").exists():
+        return
+    dataset = create_dataset(actor=system, organization=org, slug="support-golden", name="Support golden set",
+                             description="Shipping questions every revision must answer with the 2-day promise.",
+                             metrics=[{"type": "contains", "field": "output"}], pass_threshold=1.0)
+    add_cases_bulk(actor=system, dataset=dataset, cases=GOLDEN_CASES)
