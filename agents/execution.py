@@ -10,6 +10,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from fruxon.db import release_connection
 from fruxon.errors import Conflict, InvalidRequest, NotFound
 from monitoring.models import Conversation, Run
 from monitoring.recording import record_run
@@ -38,6 +39,9 @@ def resolve_revision(*, agent: Agent, revision_id: str | None) -> tuple[Revision
     if deployed_id is None:
         raise Conflict(f"Agent '{agent.slug}' has no deployed revision; deploy one or pin revisionId.",
                        code="not_deployed")
+    if Agent.deployed_revision.is_cached(agent):
+        # Loaded with the agent, in the same query and so the same snapshot (ExecuteView).
+        return agent.deployed_revision, "api"
     return Revision.objects.only("id", "spec").get(pk=deployed_id), "api"
 
 
@@ -71,11 +75,16 @@ def execute(*, agent: Agent, input, revision_id: str | None = None, conversation
         if owner is not None and owner != agent.pk:
             raise Conflict(f"Conversation '{conversation_key}' belongs to another agent.",
                            details={"conversationId": conversation_key})
-    runtime = DjangoRuntime(organization_id=agent.organization_id, agent_id=agent.pk)
+    # The budget rides along with the agent on the API path (agents.scoping); one query elsewhere.
+    budget = getattr(agent, "budget", None)
+    runtime = DjangoRuntime(organization_id=agent.organization_id, agent_id=agent.pk, budget=budget)
     context = engine.RunContext.for_spec(revision.spec, agent=agent.slug, revision_id=revision.id, shadow=shadow,
                                          started=started if started is not None else time.monotonic())
+    # The engine may now wait seconds on model providers: with a pool, do not hold a connection meanwhile.
+    release_connection()
     result = engine.run(revision.spec, values, context=context, runtime=runtime)
     run = record_run(organization_id=agent.organization_id, agent_id=agent.pk, revision_id=revision.id,
-                     result=result, source=source or resolved_source, input=values, api_key_id=api_key_id,
+                     result=result, source=source or resolved_source, input=input, api_key_id=api_key_id,
                      conversation_key=conversation_key)
+    runtime.alert_if_needed()
     return Execution(run=run, result=result)

@@ -1,43 +1,90 @@
 """The engine's host services, backed by the database (``agents.engine.Runtime``).
 
-One ``DjangoRuntime`` serves one run. Prices and integrations are cached for the
-run; secrets are resolved at call time through ``orgs.services.secrets`` (the
-only decrypting path) and never cached beyond the engine's own per-run cache.
-The engine may call these from several threads: each uses its own DB
-connection, which Django closes when the thread's work ends (see
-``close_thread_connections``).
+One ``DjangoRuntime`` serves one run. Prices come from ``monitoring.pricing``'s
+cache (no query on the hot path) and integrations are cached for the run;
+secrets are resolved at call time through ``orgs.services.secrets`` (the only
+decrypting path) and never cached beyond the engine's own per-run cache.
+The engine may call these from several threads: a worker thread's DB connection
+is closed when its lookup ends; the run's own thread hands its connection back
+to the pool, if there is one (``fruxon.db``), since the engine goes on to wait
+on model providers.
 """
 from __future__ import annotations
 
+import itertools
+import logging
 import threading
 from decimal import Decimal
 
+import httpx
 from django.db import connection
+from django.utils import timezone
 
+from fruxon.db import release_connection
 from fruxon.errors import NotFound
 from monitoring import pricing
+from monitoring.ledger import BudgetState, LedgerUnavailable, ledger, to_units
 from orgs.models import Integration
 from orgs.services import secrets
 
 from . import engine
 from .models import Agent, Revision
 
+logger = logging.getLogger(__name__)
+
+
+# Outbound HTTP (model providers, tools): a few pooled clients per process rather than
+# one. httpcore's pool scans every connection it holds on each request and each
+# release, so one client holding hundreds of keep-alive connections (hundreds of
+# executions in flight) spent more CPU scanning than the rest of the execute path.
+# A thread keeps to one shard, so its keep-alive connections are reused.
+HTTP_CLIENT_SHARDS = 32
+_http_clients: list[httpx.Client | None] = [None] * HTTP_CLIENT_SHARDS
+_http_lock = threading.Lock()
+_http_shard = threading.local()
+_next_shard = itertools.count()
+
+
+def http_client() -> httpx.Client:
+    # Shards are dealt to threads in turn (thread idents are aligned addresses: hashing
+    # them would put every thread on the same shard).
+    shard = getattr(_http_shard, "index", None)
+    if shard is None:
+        shard = _http_shard.index = next(_next_shard) % HTTP_CLIENT_SHARDS
+    client = _http_clients[shard]
+    if client is None:
+        with _http_lock:
+            client = _http_clients[shard]
+            if client is None:
+                client = _http_clients[shard] = httpx.Client(
+                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=64), follow_redirects=False)
+    return client
+
 
 class DjangoRuntime(engine.Runtime):
-    http_client = None  # the engine's shared, pooled client
-
-    def __init__(self, *, organization_id: int, agent_id: int):
+    def __init__(self, *, organization_id: int, agent_id: int, budget=None):
         self.organization_id = organization_id
         self.agent_id = agent_id
         self._lock = threading.Lock()
         self._prices: dict | None = None
         self._main_thread = threading.get_ident()
+        self.http_client = http_client()  # the engine's pooled client for this run (a shard, see above)
+        # The budget period is fixed for the whole run: a run that starts before
+        # midnight spends from the day it started in.
+        self.budget = budget
+        self._budget_state = BudgetState.of(budget, timezone.now()) if budget is not None else None
+        self._open = threading.local()  # per-thread stack: parallel steps reserve and settle on their own threads
+        self.spent_before: int | None = None
+        self.spent_after: int | None = None
 
     # Worker threads of parallel steps open their own connections; close them
-    # so a long-lived server does not leak one per step.
+    # so a long-lived server does not leak one per step. The run's own thread
+    # gives its connection back to the pool while the engine waits on providers.
     def _thread_done(self) -> None:
         if threading.get_ident() != self._main_thread:
             connection.close()
+        else:
+            release_connection()
 
     def resolve_secret(self, name: str, *, agent: str) -> str:
         try:
@@ -60,6 +107,7 @@ class DjangoRuntime(engine.Runtime):
         return engine.IntegrationInfo(
             slug=row.slug, base_url=config.get("baseUrl", ""), headers=dict(config.get("headers") or {}),
             credentials_secret=row.credentials_secret or None, side_effects=row.side_effects, status=row.status,
+            auth_header=config.get("authHeader") or "Authorization", auth_scheme=config.get("authScheme", "Bearer"),
         )
 
     def load_agent(self, slug: str, revision_id: str | None):
@@ -81,15 +129,69 @@ class DjangoRuntime(engine.Runtime):
         with self._lock:
             if self._prices is None:
                 try:
-                    self._prices = pricing.effective_rows(organization_id=self.organization_id, agent_id=self.agent_id)
+                    self._prices = pricing.cached_prices(organization_id=self.organization_id, agent_id=self.agent_id)
                 finally:
                     self._thread_done()
-        row = self._prices.get((provider, model)) or self._prices.get((provider, "*"))
-        return pricing.as_price(row) if row else None
+        return pricing.lookup(self._prices, provider, model)
 
     def before_model_call(self, estimate_usd: Decimal) -> None:
-        """No budget is enforced on this runtime: every call is admitted."""
+        """Reserve the call's worst case on the ledger; refuse past the cap; fail closed when unreachable."""
+        if self._budget_state is None:
+            return
+        try:
+            reservation = ledger().reserve(self._budget_state, to_units(estimate_usd))
+        except LedgerUnavailable as exc:
+            raise LedgerUnavailableError(str(exc)) from None
+        finally:
+            self._thread_done()
+        if reservation is None:
+            raise engine.BudgetExceeded(
+                f"the agent's {self._budget_state.period} budget cannot admit this model call "
+                f"(worst case ${estimate_usd})")
+        stack = getattr(self._open, "stack", None)
+        if stack is None:
+            stack = self._open.stack = []
+        stack.append(reservation)
 
     def after_model_call(self, actual_usd: Decimal) -> None:
-        """Nothing to settle without a budget."""
+        """Settle the reservation this thread made to the actual cost."""
+        stack = getattr(self._open, "stack", None)
+        if not stack:
+            return
+        reservation = stack.pop()
+        actual = to_units(actual_usd, round_up=False)
+        try:
+            spent = ledger().settle(reservation, actual)
+        except Exception:  # the reservation stays open; the stale sweep and reconciliation repair the ledger
+            logger.exception("could not settle a budget reservation")
+            return
+        finally:
+            self._thread_done()
+        with self._lock:
+            before = spent - actual
+            self.spent_before = before if self.spent_before is None else min(self.spent_before, before)
+            self.spent_after = spent if self.spent_after is None else max(self.spent_after, spent)
+
+    def budget_thresholds_crossed(self) -> bool:
+        """Did this run's spend cross an alert threshold? (cheap: no query)"""
+        if self.budget is None or self.spent_before is None or not self.budget.alert_thresholds:
+            return False
+        cap = self._budget_state.cap_units
+        return any(self.spent_before < cap * t <= self.spent_after for t in self.budget.alert_thresholds)
+
+    def alert_if_needed(self) -> None:
+        """After the run is recorded: enqueue the threshold alerts it crossed (deduplicated per period)."""
+        if not self.budget_thresholds_crossed():
+            return
+        from fruxon.tasks import defer
+        from monitoring.budget_tasks import check_thresholds
+
+        defer(check_thresholds, self.budget.pk, int(self._budget_state.period_start.timestamp()),
+              self.spent_before, self.spent_after)
+
+
+class LedgerUnavailableError(engine.EngineError):
+    """The budget ledger could not be reached: the run stops before spending (fail closed)."""
+
+    code = "ledger_unavailable"
 

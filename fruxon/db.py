@@ -1,4 +1,6 @@
-"""Database connection handling for code that waits on the outside world.
+"""Database helpers for the execute hot path.
+
+``release_connection``: for code that waits on the outside world.
 
 An execute spends most of its life waiting on a model provider. Holding a
 PostgreSQL connection through that wait would cap the executions in flight at
@@ -7,10 +9,15 @@ the server's ``max_connections``. With a connection pool (``DB_POOL_MAX_SIZE``)
 query takes one again (a pool checkout: no round trip, no reconnect).
 Without a pool it does nothing: a persistent connection is kept (reconnecting
 would cost more than it saves), and so is any connection inside a transaction.
+
+``PreparedQuery``: a lookup compiled once per process (see its docstring).
 """
 from __future__ import annotations
 
-from django.db import connections
+import threading
+
+from django.db import connections, router
+from django.db.models.query import get_related_populators
 from django.db.utils import DEFAULT_DB_ALIAS
 
 
@@ -23,3 +30,65 @@ def release_connection(alias: str = DEFAULT_DB_ALIAS) -> None:
     connection = connections[alias]
     if connection.connection is not None and not connection.in_atomic_block and is_pooled(alias):
         connection.close()
+
+
+class PreparedQuery:
+    """A hot-path lookup whose queryset shape never changes, compiled ONCE per process.
+
+    Django compiles a queryset to SQL on every evaluation; for a select_related
+    lookup that compilation costs more CPU than PostgreSQL spends answering it.
+    ``build(*args)`` must return a queryset in which each argument appears
+    exactly once as a plain (``exact``) filter value. It is built once with
+    sentinel arguments, compiled, and each SQL parameter traced back to its
+    argument; ``first(*args)`` then runs that SQL with the real arguments and
+    builds the instances exactly as ``QuerySet.__iter__`` would (same row
+    converters, same ``select_related`` population). The query goes through
+    Django's cursor, so it is logged and counted like any other.
+    """
+
+    def __init__(self, build, sentinels: tuple):
+        self._build = build
+        self._sentinels = sentinels
+        self._compiled: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _compile(self, alias: str) -> tuple:
+        queryset = self._build(*self._sentinels)
+        compiler = queryset.query.get_compiler(using=alias)
+        sql, params = compiler.as_sql()
+        slots = []
+        for param in params:
+            index = next((i for i, s in enumerate(self._sentinels) if type(param) is type(s) and param == s), None)
+            slots.append((index, param))
+        if sorted(i for i, _ in slots if i is not None) != list(range(len(self._sentinels))):
+            raise ValueError(f"each argument must appear exactly once in the query: {sql}")
+        return sql, slots, compiler
+
+    def _alias(self) -> str:
+        model = getattr(self, "_model", None)
+        if model is None:
+            model = self._model = self._build(*self._sentinels).model
+        return router.db_for_read(model)
+
+    def first(self, *args, using: str | None = None):
+        alias = using or self._alias()
+        compiled = self._compiled.get(alias)
+        if compiled is None:
+            with self._lock:
+                compiled = self._compiled.get(alias) or self._compiled.setdefault(alias, self._compile(alias))
+        sql, slots, compiler = compiled
+        params = [args[index] if index is not None else constant for index, constant in slots]
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        # As django.db.models.query.ModelIterable.__iter__ does it.
+        select, klass_info = compiler.select, compiler.klass_info
+        [row] = compiler.results_iter([[row[: compiler.col_count]]])
+        start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
+        init_list = [column[0].target.attname for column in select[start:end]]
+        obj = klass_info["model"].from_db(alias, init_list, row[start:end])
+        for populator in get_related_populators(klass_info, select, alias):
+            populator.populate(row, obj)
+        return obj

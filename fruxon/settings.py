@@ -6,6 +6,7 @@
 ``FRUXON_ENCRYPTION_KEY``  comma-separated Fernet keys, newest first
 ``DEBUG``          "1"/"true" for development
 ``ALLOWED_HOSTS``  comma-separated
+``FRUXON_RUN_SYNCHRONOUS_COMMIT``  "1": run records wait for the WAL flush too (see below)
 ``DB_CONN_MAX_AGE``  seconds a thread keeps its PostgreSQL connection (default 60)
 ``DB_POOL_MAX_SIZE``  PostgreSQL connection pool per process (0 = off, the default; replaces
                    DB_CONN_MAX_AGE); ``DB_POOL_MIN_SIZE`` (2), ``DB_POOL_TIMEOUT`` seconds (10)
@@ -165,7 +166,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's Redis backend, sharing one client and pool per process (fruxon/cache.py).
+            "BACKEND": "fruxon.cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "fruxon",
         }
@@ -182,10 +184,34 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TIMEZONE = "UTC"
-CELERY_TASK_ROUTES = {"deployments.run_shadow": {"queue": "shadow"}}
+CELERY_TASK_ROUTES = {
+    "deployments.run_shadow": {"queue": "shadow"},
+    "evaluations.run_evaluation": {"queue": "evaluations"},
+    "evaluations.evaluate_chunk": {"queue": "evaluations"},
+}
+# How long an unacknowledged task may stay with a worker before Redis hands it to
+# another (a killed worker's tasks come back after this). Longer than any task.
+_VISIBILITY = int(os.environ.get("FRUXON_VISIBILITY_TIMEOUT", "3600"))
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": _VISIBILITY,
+    # sweep for abandoned messages often enough to honour a short timeout
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY // 2)),
+    "unacked_restore_throttle": 1 if _VISIBILITY < 60 else 10,
+}
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "fruxon@localhost")
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend" if (DEBUG or TESTING)
+                               else "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
 CELERY_BEAT_SCHEDULE: dict = {
     "deployments-tick-scheduled": {"task": "deployments.tick_scheduled", "schedule": 15.0},
     "deployments-auto-rollback": {"task": "deployments.auto_rollback", "schedule": 60.0},
+    "evaluations-tick-schedules": {"task": "evaluations.tick_schedules", "schedule": 60.0},
+    "evaluations-resume-stalled": {"task": "evaluations.resume_stalled", "schedule": 60.0},
+    "monitoring-purge-expired-runs": {"task": "monitoring.purge_expired_runs", "schedule": 3600.0},
+    "budgets-reconcile": {"task": "monitoring.budgets.reconcile", "schedule": 300.0},
+    "budgets-release-stale": {"task": "monitoring.budgets.release_stale", "schedule": 300.0},
+    "budgets-rollover": {"task": "monitoring.budgets.rollover", "schedule": 60.0},
 }
 
 REST_FRAMEWORK = {
@@ -222,6 +248,7 @@ SPECTACULAR_SETTINGS = {
         "IntegrationKindEnum": "orgs.models.Integration.KIND_CHOICES",
         "AgentGrantRoleEnum": "agents.grants.GRANT_ROLES",
         "DeploymentKindEnum": "deployments.models.DEPLOYMENT_KINDS",
+        "EvaluationStatusEnum": "evaluations.models.EVALUATION_STATUSES",
     },
 }
 
@@ -236,8 +263,22 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
+# The budget ledger: "redis" (default with REDIS_URL) or "database"; see monitoring/ledger.
+FRUXON_LEDGER = os.environ.get("FRUXON_LEDGER", "")
+FRUXON_LEDGER_REDIS_URL = os.environ.get("FRUXON_LEDGER_REDIS_URL", "")
+# A reservation not settled after this long belongs to a dead process and is released.
+FRUXON_RESERVATION_TTL_SECONDS = int(os.environ.get("FRUXON_RESERVATION_TTL_SECONDS", "3900"))
+
 # API keys: how long a key lookup stays cached (seconds). Revocation clears it.
 FRUXON_KEY_CACHE_SECONDS = int(os.environ.get("FRUXON_KEY_CACHE_SECONDS", "30"))
+
+# Run records (a Run and its spans, one statement) commit without waiting for the
+# WAL flush (PostgreSQL ``synchronous_commit = off`` for that statement only): the
+# execute answers ~one disk flush sooner. The row is visible at once and never half
+# written; only a PostgreSQL crash within ~0.6 s of the commit can lose it. Deploys,
+# keys, secrets, budgets and audit events always commit durably. "1" makes run
+# records durable too.
+FRUXON_RUN_SYNCHRONOUS_COMMIT = env_bool("FRUXON_RUN_SYNCHRONOUS_COMMIT", False)
 
 LOGGING = {
     "version": 1,

@@ -173,3 +173,28 @@ class Alert(TenantModel):
     class Meta:
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["organization", "dedupe_key"], name="uniq_alert_dedupe")]
+
+
+class BudgetPeriod(TenantModel):
+    """The database ledger's row for one agent and one budget period (units of 1e-8 USD).
+
+    Keyed by agent, not by Budget: deleting a budget removes enforcement, not this history.
+    """
+
+    agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="budget_periods")
+    period = models.CharField(max_length=5)
+    period_start = models.DateTimeField()
+    spent_units = models.BigIntegerField(default=0)
+    reserved_units = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agent", "period", "period_start"], name="uniq_budget_period")]
+
+
+class BudgetReservation(TenantModel):
+    """An open reservation of the database ledger; deleted when settled or released."""
+
+    id = models.CharField(primary_key=True, max_length=40)
+    budget_period = models.ForeignKey(BudgetPeriod, on_delete=models.CASCADE, related_name="reservations")
+    units = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)

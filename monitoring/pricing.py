@@ -1,12 +1,23 @@
 """Effective model prices: agent override > org override > built-in row.
 
 Within one level an exact model name beats the provider's ``*`` row.
+
+The execute hot path reads prices through :func:`cached_prices`: the built-in
+table and each org's overrides (its agents' included) sit in the cache (Redis
+in production) for ``PRICE_CACHE_SECONDS``, fetched together in one round trip.
+Any write to ``ModelPrice`` drops the affected entry, now and again after
+commit (``set_overrides`` explicitly, since ``bulk_create`` sends no signal;
+everything else, the admin included, through the model's save/delete
+signals); a migration re-seeding built-in rows is picked up within the TTL (60 s).
 """
 from __future__ import annotations
 
 from decimal import Decimal
 
+from django.core.cache import cache
+from django.db import transaction
 from django.db.models import Q
+from django.db.models.signals import post_delete, post_save
 
 from agents.engine import Price
 
@@ -31,6 +42,59 @@ def effective_rows(*, organization_id: int, agent_id: int | None = None, provide
         if key not in best or _level(row) > _level(best[key]):
             best[key] = row
     return best
+
+
+# Also bounds the classic cache-aside race (a read of the old rows that lands in the cache
+# just after a change dropped it) and a migration re-seeding built-in rows.
+PRICE_CACHE_SECONDS = 60
+_BUILTIN_KEY = "prices:builtin"
+
+
+def _org_key(organization_id: int) -> str:
+    return f"prices:org:{organization_id}"
+
+
+def _as_entry(row: ModelPrice) -> tuple[int | None, str, str, Price]:
+    return row.agent_id, row.provider, row.model, as_price(row)
+
+
+def forget_prices(organization_id: int | None) -> None:
+    """Drop the cached built-in table (``None``) or one org's overrides; now and after commit."""
+    key = _BUILTIN_KEY if organization_id is None else _org_key(organization_id)
+    cache.delete(key)
+    # A concurrent read may re-cache the pre-commit rows in between.
+    transaction.on_commit(lambda: cache.delete(key))
+
+
+def _forget_row(sender, instance: ModelPrice, **kwargs) -> None:
+    forget_prices(instance.organization_id)
+
+
+post_save.connect(_forget_row, sender=ModelPrice, dispatch_uid="monitoring.pricing.saved")
+post_delete.connect(_forget_row, sender=ModelPrice, dispatch_uid="monitoring.pricing.deleted")
+
+
+def cached_prices(*, organization_id: int, agent_id: int | None = None) -> dict[tuple[str, str], Price]:
+    """``{(provider, model): Price}``, most specific level first, as :func:`effective_rows`; usually no query."""
+    org_key = _org_key(organization_id)
+    found = cache.get_many([_BUILTIN_KEY, org_key])
+    builtin, overrides = found.get(_BUILTIN_KEY), found.get(org_key)
+    if builtin is None:
+        builtin = [_as_entry(row) for row in ModelPrice.objects.filter(organization__isnull=True, agent__isnull=True)]
+        cache.set(_BUILTIN_KEY, builtin, PRICE_CACHE_SECONDS)
+    if overrides is None:
+        overrides = [_as_entry(row) for row in ModelPrice.objects.filter(organization_id=organization_id)]
+        cache.set(org_key, overrides, PRICE_CACHE_SECONDS)
+    prices = {(provider, model): price for _, provider, model, price in builtin}
+    prices.update({(provider, model): price for agent, provider, model, price in overrides if agent is None})
+    if agent_id:
+        prices.update({(provider, model): price for agent, provider, model, price in overrides if agent == agent_id})
+    return prices
+
+
+def lookup(prices: dict[tuple[str, str], Price], provider: str, model: str) -> Price | None:
+    """The price of ``model``, else the provider's ``*`` row."""
+    return prices.get((provider, model)) or prices.get((provider, "*"))
 
 
 def as_price(row: ModelPrice) -> Price:
@@ -83,5 +147,6 @@ def set_overrides(*, actor, organization, agent=None, rows: list[dict]) -> None:
                        output_per_million=r["outputPerMillion"], reasoning_per_million=r.get("reasoningPerMillion"))
             for r in rows
         ])
+        forget_prices(organization.pk)
         audit.record(organization=organization, actor=actor, action="prices.set", target_type="agent" if agent else "organization",
                      target_id=agent.slug if agent else organization.slug, data={"models": [f"{p}/{m}" for p, m in keys]})

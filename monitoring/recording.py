@@ -1,9 +1,15 @@
-"""Writing what ran: one Run and all its spans in one transaction, spans in one bulk insert."""
+"""Writing what ran: one Run and all its spans, all or nothing, in one statement."""
 from __future__ import annotations
 
-from django.db import transaction
+import json
+from datetime import date, datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from agents.engine import RunResult
 
@@ -22,32 +28,109 @@ def continue_conversation(*, organization_id: int, agent_id: int, key: str) -> C
     return conversation
 
 
+_MISSING = object()
+
+
+def _jsonable(value):
+    """A prepared column value as a JSON-native value, or ``_MISSING`` for a type not handled here."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, Jsonb):
+        # The JSON column's own value; re-read through its encoder when it has one.
+        return value.obj if value.dumps in (None, json.dumps) else json.loads(value.dumps(value.obj))
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return _MISSING
+
+
+def _as_records(objs: list, connection) -> str | None:
+    """``objs`` as one JSON array of ``{column: value}``, values prepared as the ORM prepares them."""
+    fields = [field for field in type(objs[0])._meta.concrete_fields if not field.generated]
+    records = []
+    for obj in objs:
+        record = {}
+        for field in fields:
+            value = _jsonable(field.get_db_prep_save(field.pre_save(obj, True), connection=connection))
+            if value is _MISSING:
+                return None
+            record[field.column] = value
+        records.append(record)
+    return json.dumps(records)
+
+
+def _write_run_and_spans(run: Run, spans: list[Span]) -> None:
+    """Run + spans as ONE statement (a data-modifying CTE): atomic by itself, one round trip.
+
+    Rows travel as JSON documents (``jsonb_populate_record[set]`` against the
+    tables' own row types): two parameters however many spans, instead of one
+    per column and row, which psycopg would otherwise quote one by one.
+    Inside a caller's transaction the statement simply joins it. The spans'
+    foreign key to the run is checked at commit (Django's constraints are
+    deferred). Outside one, the commit does not wait for the WAL flush unless
+    ``FRUXON_RUN_SYNCHRONOUS_COMMIT`` (see settings).
+    """
+    using = router.db_for_write(Run)
+    connection = connections[using]
+    run_json = _as_records([run], connection) if connection.vendor == "postgresql" else None
+    spans_json = _as_records(spans, connection) if spans and run_json is not None else "[]"
+    if run_json is None or spans_json is None:
+        # SQLite (the demo) has no data-modifying CTEs, and a value of a type not
+        # handled above takes the ORM's way: two statements in a transaction.
+        with transaction.atomic(using=using):
+            run.save(force_insert=True, using=using)
+            Span.objects.using(using).bulk_create(spans)
+        return
+    quote = connection.ops.quote_name
+    run_table, span_table = quote(Run._meta.db_table), quote(Span._meta.db_table)
+    statement = (f"WITH run_row AS (INSERT INTO {run_table} SELECT * FROM jsonb_populate_recordset(NULL::{run_table}, %s)) "
+                 f"INSERT INTO {span_table} SELECT * FROM jsonb_populate_recordset(NULL::{span_table}, %s)")
+    if (not settings.FRUXON_RUN_SYNCHRONOUS_COMMIT and not connection.in_atomic_block
+            and not connection.settings_dict["OPTIONS"].get("server_side_binding")):
+        # Sent together (one round trip, simple query protocol) the two statements form one
+        # implicit transaction: SET LOCAL applies to this commit only, and a failure
+        # rolls both back, leaving the connection idle.
+        statement = "SET LOCAL synchronous_commit TO OFF; " + statement
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [run_json, spans_json])
+    for obj in (run, *spans):
+        obj._state.adding, obj._state.db = False, using
+
+
 def record_run(*, organization_id: int, agent_id: int, revision_id: str, result: RunResult, source: str,
                input: dict, api_key_id: int | None = None, conversation_key: str | None = None) -> Run:
-    """Write the run, its conversation turn and its spans atomically: all or nothing."""
-    spans = result.spans
-    with transaction.atomic():
-        conversation = None
-        if conversation_key is not None:
-            conversation = continue_conversation(organization_id=organization_id, agent_id=agent_id, key=conversation_key)
-        run = Run.objects.create(
-            organization_id=organization_id, agent_id=agent_id, revision_id=revision_id,
-            conversation=conversation, source=source, status=result.status, input=input,
-            output=result.output, error=result.error,
-            input_tokens=result.totals.input_tokens, cached_input_tokens=result.totals.cached_input_tokens,
-            output_tokens=result.totals.output_tokens, reasoning_tokens=result.totals.reasoning_tokens,
-            cost_usd=result.totals.cost_usd, latency_ms=_clip_ms(result.latency_ms),
-            provider_ms=_clip_ms(result.provider_ms), api_key_id=api_key_id, created_at=result.started_at,
+    """Write the run, its conversation turn and its spans atomically: all or nothing.
+
+    Without a conversation (the execute hot path) that is one statement and no
+    explicit transaction; a conversation turn adds a row lock, so that case
+    runs in a transaction.
+    """
+    run = Run(
+        organization_id=organization_id, agent_id=agent_id, revision_id=revision_id,
+        source=source, status=result.status, input=input,
+        output=result.output, error=result.error,
+        input_tokens=result.totals.input_tokens, cached_input_tokens=result.totals.cached_input_tokens,
+        output_tokens=result.totals.output_tokens, reasoning_tokens=result.totals.reasoning_tokens,
+        cost_usd=result.totals.cost_usd, latency_ms=_clip_ms(result.latency_ms),
+        provider_ms=_clip_ms(result.provider_ms), api_key_id=api_key_id, created_at=result.started_at,
+    )
+    spans = [
+        Span(
+            id=span.id, organization_id=organization_id, run_id=run.id, parent_id=span.parent_id or "",
+            position=index, kind=span.kind, name=span.name[:200], status=span.status, started_at=span.started_at,
+            latency_ms=_clip_ms(span.latency_ms), provider=span.provider or "", model=(span.model or "")[:200],
+            input=span.input, output=span.output, error=span.error, attributes=span.attributes,
+            input_tokens=span.input_tokens, cached_input_tokens=span.cached_input_tokens,
+            output_tokens=span.output_tokens, reasoning_tokens=span.reasoning_tokens, cost_usd=span.cost_usd,
         )
-        Span.objects.bulk_create([
-            Span(
-                id=span.id, organization_id=organization_id, run=run, parent_id=span.parent_id or "", position=index,
-                kind=span.kind, name=span.name[:200], status=span.status, started_at=span.started_at,
-                latency_ms=_clip_ms(span.latency_ms), provider=span.provider or "", model=(span.model or "")[:200],
-                input=span.input, output=span.output, error=span.error, attributes=span.attributes,
-                input_tokens=span.input_tokens, cached_input_tokens=span.cached_input_tokens,
-                output_tokens=span.output_tokens, reasoning_tokens=span.reasoning_tokens, cost_usd=span.cost_usd,
-            )
-            for index, span in enumerate(spans)
-        ])
+        for index, span in enumerate(result.spans)
+    ]
+    if conversation_key is None:
+        _write_run_and_spans(run, spans)
+        return run
+    with transaction.atomic():
+        run.conversation = continue_conversation(organization_id=organization_id, agent_id=agent_id,
+                                                 key=conversation_key)
+        _write_run_and_spans(run, spans)
     return run

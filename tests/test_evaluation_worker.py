@@ -28,7 +28,7 @@ CASES = 200
 REDIS_URL = os.environ.get("FRUXON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-def _worker(name: str) -> subprocess.Popen:
+def _worker(name: str, log) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items()}
     env |= {"DATABASE_URL": database_url(), "REDIS_URL": REDIS_URL, "FRUXON_TESTING": "1",
             "FRUXON_VISIBILITY_TIMEOUT": "4"}
@@ -36,7 +36,7 @@ def _worker(name: str) -> subprocess.Popen:
         [sys.executable, "-m", "celery", "-A", "fruxon", "worker", "-Q", "evaluations,default", "--pool", "threads",
          "-c", "4", "--prefetch-multiplier", "1", "-n", f"{name}@%h", "-l", "warning", "--without-mingle",
          "--without-gossip", "--without-heartbeat"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
 
 
@@ -51,7 +51,7 @@ def _wait(predicate, timeout: float, what: str):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_killed_worker_resumes_without_duplicates(monkeypatch):
+def test_killed_worker_resumes_without_duplicates(monkeypatch, tmp_path):
     redis.Redis.from_url(REDIS_URL).flushdb()
     org = f.OrganizationFactory(slug="acme")
     agent, revision = agent_with_revision(org, "support", local_spec("answer {{input.question}}", latency_ms=40))
@@ -62,7 +62,9 @@ def test_killed_worker_resumes_without_duplicates(monkeypatch):
     evaluation = runs.start(actor=SYSTEM, agent=agent, revision_id=revision.id, dataset=dataset)
     producer = Celery("fruxon-test-producer", broker=REDIS_URL)
 
-    first = _worker("first")
+    log = open(tmp_path / "workers.log", "w")
+    t0 = time.monotonic()
+    first = _worker("first", log)
     try:
         producer.send_task("evaluations.run_evaluation", args=[evaluation.id], queue="evaluations")
         _wait(lambda: CaseResult.objects.filter(evaluation=evaluation).count() >= 30, 90, "the first results")
@@ -74,7 +76,8 @@ def test_killed_worker_resumes_without_duplicates(monkeypatch):
     killed_at = CaseResult.objects.filter(evaluation=evaluation).count()
     assert killed_at < CASES, "the worker must be killed mid-run"
 
-    second = _worker("second")
+    t_killed = time.monotonic() - t0
+    second = _worker("second", log)
     try:
         _wait(lambda: EvaluationRun.objects.get(pk=evaluation.pk).status == "completed", 120, "completion")
     finally:
@@ -83,8 +86,10 @@ def test_killed_worker_resumes_without_duplicates(monkeypatch):
             second.wait(timeout=20)
         except subprocess.TimeoutExpired:
             second.kill()
+    log.close()
+    print(f"killed after {t_killed:.1f}s with {killed_at} results; done after {time.monotonic() - t0:.1f}s")
     results = CaseResult.objects.filter(evaluation=evaluation)
-    assert results.count() == CASES
+    assert results.count() == CASES, (tmp_path / "workers.log").read_text()[-3000:]
     assert len(set(results.values_list("case_id", flat=True))) == CASES
     evaluation.refresh_from_db()
     assert evaluation.status == "completed" and evaluation.pass_rate == 1.0 and evaluation.overall_score == 1.0

@@ -16,7 +16,10 @@ from fruxon.api.errors import error_body
 from fruxon.api.serializers import validated
 from fruxon.errors import InvalidRequest
 from deployments import shadow
+from django.utils import timezone
+
 from monitoring import pricing
+from monitoring.ledger.base import period_bounds
 from orgs.actor import Actor
 from orgs.roles import ADMIN, EDITOR, OWNER, VIEWER
 
@@ -26,7 +29,8 @@ from ..models import Agent, Revision
 from . import serializers as s
 
 # Non-ok runs answer with the error shape; the status says whose fault it was.
-RUN_ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "timeout": 504, "budget_exceeded": 429}
+RUN_ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "timeout": 504, "budget_exceeded": 429,
+                    "ledger_unavailable": 503}
 RUN_FAILED_STATUS = 422
 
 
@@ -46,6 +50,7 @@ class AgentViewSet(OrgScopedViewSet):
     }
 
     def refine_queryset(self, queryset):
+        queryset = queryset.select_related("shadow_config", "gating_dataset")
         if self.api_key is not None and self.api_key.agents:
             queryset = queryset.filter(slug__in=self.api_key.agents)
         return queryset
@@ -65,8 +70,13 @@ class AgentViewSet(OrgScopedViewSet):
 
     @extend_schema(request=s.AgentPatch, responses=s.AgentSerializer)
     def partial_update(self, request, tenant, agent):
-        data = validated(s.AgentPatch, request.data)
-        return Response(self.get_serializer(services.update_agent(actor=_actor(request), agent=self.agent, changes=data)).data)
+        data = dict(validated(s.AgentPatch, request.data))
+        changes = {k: v for k, v in data.items() if k in ("name", "description")}
+        if "gateTolerance" in data:
+            changes["gate_tolerance"] = data["gateTolerance"]
+        if "gatingDataset" in data:
+            changes["gating_dataset"] = services.dataset_in_org(organization=self.organization, slug=data["gatingDataset"])
+        return Response(self.get_serializer(services.update_agent(actor=_actor(request), agent=self.agent, changes=changes)).data)
 
     @extend_schema(responses={204: None, 409: OpenApiResponse(description="deployed, or a sub-agent of another agent")})
     def destroy(self, request, tenant, agent):
@@ -146,10 +156,32 @@ class GrantViewSet(OrgScopedViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+_EXECUTE_LIMITS = {"revisionId": 20, "conversationId": 64}
+
+
+def _execute_request(data) -> dict:
+    """``ExecuteRequest``'s validated data. The common body (an object with ``input``
+    and plain optional ids) is accepted here directly, since the serializer costs a
+    tenth of a fast execute; anything else goes through the serializer, which
+    produces the exact answer, errors included."""
+    if isinstance(data, dict) and data.keys() <= {"input", *_EXECUTE_LIMITS} and data.get("input", {}) is not None:
+        plain = all(
+            data.get(name) is None
+            or (isinstance(data[name], str) and data[name].isascii() and data[name].isprintable()
+                and data[name] == data[name].strip() and 0 < len(data[name]) <= limit)
+            for name, limit in _EXECUTE_LIMITS.items()
+        )
+        if plain:
+            return {"input": data.get("input", {}), **{name: data[name] for name in _EXECUTE_LIMITS if name in data}}
+    return validated(s.ExecuteRequest, data)
+
+
 class ExecuteView(OrgScopedAPIView):
     """Run the agent: on its deployed revision, or on a pinned ``revisionId`` (canary)."""
 
     access = {"POST": Access(EDITOR, "agents:execute")}
+    # The deployed revision comes with the agent (one query): the run resolves it from that row.
+    agent_select_related = ("deployed_revision",)
 
     @extend_schema(
         request=s.ExecuteRequest,
@@ -169,7 +201,7 @@ class ExecuteView(OrgScopedAPIView):
     )
     def post(self, request, tenant, agent):
         started = getattr(request._request, "fruxon_started", None) or time.monotonic()
-        data = validated(s.ExecuteRequest, request.data)
+        data = _execute_request(request.data)
         outcome = execution.execute(
             agent=self.agent, input=data["input"], revision_id=data.get("revisionId"),
             conversation_key=data.get("conversationId"), api_key_id=getattr(self.api_key, "pk", None), started=started,
@@ -193,6 +225,10 @@ class ExecuteView(OrgScopedAPIView):
                 error_body(code, result.error["message"] if result.error else run.status, body),
                 status=RUN_ERROR_STATUS.get(code, RUN_ERROR_STATUS.get(run.status, RUN_FAILED_STATUS)),
             )
+            if code == "budget_exceeded" and getattr(self.agent, "budget", None) is not None:
+                # Retry when the budget period resets.
+                _, resets = period_bounds(self.agent.budget.period, timezone.now())
+                response["Retry-After"] = str(max(1, int((resets - timezone.now()).total_seconds())))
         overhead = (time.monotonic() - started) * 1000.0 - result.provider_ms
         response["X-Fruxon-Overhead-Ms"] = f"{max(overhead, 0.0):.2f}"
         response["X-Fruxon-Run-Id"] = run.id

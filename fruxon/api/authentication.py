@@ -71,10 +71,13 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not key.is_active(now):
             raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
         if key.last_used_at is None or now - key.last_used_at > LAST_USED_GRANULARITY:
-            # At most one write a minute per key, so the hot path stays read-only.
-            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            # At most one write a minute per key, so the hot path stays read-only. The
+            # cache.add claim keeps the requests (and processes) that see the stale value
+            # at the same moment from all writing, and queueing, on the key's row lock.
             key.last_used_at = now
-            cache.set(key_cache_key(digest), key, settings.FRUXON_KEY_CACHE_SECONDS)
+            if cache.add(f"apikey-used:{key.pk}", 1, int(LAST_USED_GRANULARITY.total_seconds())):
+                ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+                cache.set(key_cache_key(digest), key, settings.FRUXON_KEY_CACHE_SECONDS)
         return ApiKeyUser(api_key=key), key
 
     def authenticate_header(self, request):

@@ -7,7 +7,8 @@
 2. ``{tenant}`` is resolved against the caller (``orgs.scoping``): unknown org,
    non-member, or another org's key -> 404;
 3. when the route has ``{agent}``, the agent is resolved inside the org (404
-   otherwise) and per-agent grants adjust the caller's role;
+   otherwise) and per-agent grants adjust the caller's role (for an API key,
+   steps 2 and 3 are one query: ``agents.scoping.resolve_tenant_and_agent_for_key``);
 4. the view's ``access`` map (Sentry's ``scope_map``) is checked for the HTTP
    method: a person needs the role, an API key needs the scope -> 403;
 5. an object named in the URL is looked up in the org's queryset (404) and kept
@@ -64,6 +65,8 @@ class _TenantScoped:
     # Methods that create-or-update the object named in the URL (no 404 when absent).
     upsert_methods: ClassVar[tuple[str, ...]] = ()
     agent_url_kwarg: ClassVar[str] = "agent"
+    # Relations of the agent loaded with it in the same query (e.g. execute's deployed revision).
+    agent_select_related: ClassVar[tuple[str, ...]] = ()
 
     organization = None
     agent = None
@@ -79,18 +82,29 @@ class _TenantScoped:
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)  # authentication -> 401, throttles
         self.api_key = request.auth if isinstance(request.auth, ApiKey) else None
-        tenant = resolve_tenant(slug=kwargs["tenant"], user=request.user, api_key=self.api_key)
-        self.organization, self.role = tenant.organization, tenant.role
-        if self.agent_url_kwarg in kwargs:
-            from agents.scoping import resolve_agent_for  # agents app builds on orgs
+        if self.agent_url_kwarg in kwargs and self.api_key is not None:
+            from agents.scoping import resolve_tenant_and_agent_for_key  # agents app builds on orgs
 
-            self.agent, self.role = resolve_agent_for(
-                organization=self.organization,
-                slug=kwargs[self.agent_url_kwarg],
-                user=request.user,
-                org_role=self.role,
-                api_key=self.api_key,
+            # The execute hot path: the key's org and the agent in one query, same 404/403 answers.
+            self.organization, self.agent = resolve_tenant_and_agent_for_key(
+                tenant=kwargs["tenant"], slug=kwargs[self.agent_url_kwarg], api_key=self.api_key,
+                select_related=self.agent_select_related,
             )
+            self.role = None
+        else:
+            tenant = resolve_tenant(slug=kwargs["tenant"], user=request.user, api_key=self.api_key)
+            self.organization, self.role = tenant.organization, tenant.role
+            if self.agent_url_kwarg in kwargs:
+                from agents.scoping import resolve_agent_for  # agents app builds on orgs
+
+                self.agent, self.role = resolve_agent_for(
+                    organization=self.organization,
+                    slug=kwargs[self.agent_url_kwarg],
+                    user=request.user,
+                    org_role=self.role,
+                    api_key=self.api_key,
+                    select_related=self.agent_select_related,
+                )
         self._check_access(request)
         self.object = None
         lookup = getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", None)
