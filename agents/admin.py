@@ -20,6 +20,12 @@ of the requesting user are read once per request; guardian never filters lists.
 deployment service. A revision's page pretty-prints its spec (which holds only
 ``{{secret.NAME}}`` templates, never values) and diffs it against the deployed
 revision with ``agents.diff.diff_specs``.
+
+Deploying, rolling back, scheduling and shadow mode live in ``agents.admin_deploy``
+(imported at the bottom of this module so its admins are registered): the agent
+page carries their buttons (editors) and a "Deployment" section (everyone); a
+revision page carries "Deploy…" and "Evaluate…" (editors) or "Readiness
+checklist" (viewers).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import json
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.options import IS_POPUP_VAR
+from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q
 from django.http import HttpResponseRedirect
@@ -61,7 +68,11 @@ def pretty_json(value) -> str:
 
 
 def admin_link(obj, label=None) -> str:
-    """A link to ``obj``'s admin page (its view page for read-only models)."""
+    """A link to ``obj``'s admin page (its view page for read-only models).
+
+    Ids appear raw (``/revision/rev_26ab.../change/``); ``RawIdLookupMixin`` resolves them
+    although the admin unquotes ``_26`` in URLs.
+    """
     if obj is None:
         return "-"
     opts = obj._meta
@@ -84,6 +95,41 @@ def deletion_summary(objs, counts: dict[str, int], perms_needed: set) -> tuple[l
     service deletes by itself (immutable revisions, runs).
     """
     return [str(obj) for obj in objs], {name: n for name, n in counts.items() if n}, perms_needed, []
+
+
+def diff_context(revision: Revision, deployed_id: str | None) -> dict:
+    """The context of ``admin/agents/revision/diff.html``: ``revision`` against the deployed ``deployed_id``."""
+    context = {"deployed_id": deployed_id, "deployed_link": revision_link(deployed_id), "is_deployed": False}
+    if deployed_id == revision.id:
+        context["is_deployed"] = True
+    elif deployed_id:
+        deployed = Revision.objects.only("id", "spec").get(pk=deployed_id)
+        diff = diff_specs(deployed.spec, revision.spec)
+        context["changes"] = [
+            {**change, "before": _compact(change["before"]), "after": _compact(change["after"])}
+            for change in diff["changes"]
+        ]
+        context["prompt_diff"] = diff["promptDiff"]
+    return context
+
+
+class RawIdLookupMixin:
+    """Object pages reachable by a raw string id as well as by the admin's quoted one.
+
+    The admin unquotes ``_XX`` in the id part of its URLs (its own links quote ids:
+    ``rev_5Fab...``), so a raw id such as ``rev_26ab...`` (our links, API users, docs)
+    arrives as ``rev&ab...`` and would answer "doesn't exist". When the unquoted id
+    finds nothing, the id as it was written in the URL is tried, in the same scoped
+    queryset: tenancy is unchanged, and ids never contain the characters unquoting makes.
+    """
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None and object_id:
+            as_written = quote(object_id)
+            if as_written != object_id:
+                obj = super().get_object(request, as_written, from_field)
+        return obj
 
 
 # --- roles on one agent (org role, raised or lowered by a grant) --------------------------------
@@ -157,13 +203,28 @@ class AgentAdmin(OrgScopedAdmin):
             return [(None, {"fields": self.add_fields})]
         return [
             (None, {"fields": ("organization", "slug", "name", "description", "deployed", *self.detail_fields)}),
+            ("Deployment", {"fields": ("deployment_overview",)}),
             ("Revisions", {"fields": ("revision_history",)}),
         ]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        return (*super().get_readonly_fields(request, obj), "slug", "deployed", "revision_history", *self.detail_fields)
+        return (*super().get_readonly_fields(request, obj), "slug", "deployed", "deployment_overview",
+                "revision_history", *self.detail_fields)
+
+    def get_urls(self):
+        # Deploy, rollback, schedule and shadow pages hang on the agent (agents.admin_deploy).
+        from .admin_deploy import AgentDeployViews
+
+        return [*AgentDeployViews(self).get_urls(), *super().get_urls()]
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            from .admin_deploy import agent_tools
+
+            context["fruxon_tools"] = agent_tools(request, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def has_change_permission(self, request, obj=None) -> bool:
         return may_edit_agent(request, obj)
@@ -181,6 +242,12 @@ class AgentAdmin(OrgScopedAdmin):
     @admin.display(description="deployed revision", ordering="deployed_revision")
     def deployed(self, obj) -> str:
         return revision_link(obj.deployed_revision_id)
+
+    @admin.display(description="deployment")
+    def deployment_overview(self, obj) -> str:
+        from .admin_deploy import deployment_overview
+
+        return deployment_overview(obj)
 
     @admin.display(description="revisions (newest first)")
     def revision_history(self, obj) -> str:
@@ -262,7 +329,7 @@ class RevisionAddForm(OrgScopedModelForm):
 
 
 @admin.register(Revision)
-class RevisionAdmin(OrgScopedAdmin):
+class RevisionAdmin(RawIdLookupMixin, OrgScopedAdmin):
     """Members read revisions; editors add them; nobody changes or deletes one (DESIGN rule 4)."""
 
     change_role = EDITOR
@@ -331,19 +398,14 @@ class RevisionAdmin(OrgScopedAdmin):
 
     @admin.display(description="diff")
     def diff_against_deployed(self, obj) -> str:
-        deployed_id = obj.agent.deployed_revision_id
-        context = {"deployed_id": deployed_id, "deployed_link": revision_link(deployed_id), "is_deployed": False}
-        if deployed_id == obj.id:
-            context["is_deployed"] = True
-        elif deployed_id:
-            deployed = Revision.objects.only("id", "spec").get(pk=deployed_id)
-            diff = diff_specs(deployed.spec, obj.spec)
-            context["changes"] = [
-                {**change, "before": _compact(change["before"]), "after": _compact(change["after"])}
-                for change in diff["changes"]
-            ]
-            context["prompt_diff"] = diff["promptDiff"]
-        return render_to_string("admin/agents/revision/diff.html", context)
+        return render_to_string("admin/agents/revision/diff.html", diff_context(obj, obj.agent.deployed_revision_id))
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            from .admin_deploy import revision_tools
+
+            context["fruxon_tools"] = revision_tools(request, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -363,3 +425,7 @@ class RevisionAdmin(OrgScopedAdmin):
 def _compact(value) -> str:
     """A diff cell: JSON on one line, "-" for an absent side."""
     return "-" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+# Deploy / rollback / schedule / shadow pages and the deployment admins register themselves.
+from . import admin_deploy  # noqa: E402,F401

@@ -11,7 +11,13 @@ Conversation   viewer          nobody
 ModelPrice     anyone who may  built-in rows (no organization): superusers only;
                use the admin   org and agent overrides: that org's owners, through
                                ``monitoring.pricing.set_overrides`` (audited)
+Budget         viewer          owners, through ``monitoring.budgets.put_budget`` /
+                               ``delete_budget`` (audited)
 =============  ==============  ====================================================
+
+A budget's list row and page show its live usage from ``monitoring.budgets.status``
+(the ledger: spent and reserved in the current period, usage percent, when the
+period resets), never a cached copy.
 
 Spans have no admin of their own: a run's page shows its span tree (steps >
 llm / tool / subAgent calls, nested by ``parent_id``). Span inputs hold the
@@ -25,21 +31,23 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.validators import EmailValidator
 from django.db import transaction
 from django.db.models import Q
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from agents.admin import AgentChoiceField, admin_link, deletion_summary, pretty_json, revision_link
+from agents.admin import AgentChoiceField, RawIdLookupMixin, admin_link, deletion_summary, pretty_json, revision_link
 from agents.models import Agent
-from fruxon.admin_base import OrgScopedAdmin, actor_for, adopt, org_roles, orgs_with_role
+from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, org_roles, orgs_with_role
+from orgs.admin import CommaSeparatedField
 from orgs.models import Organization
 from orgs.roles import OWNER
 
-from . import pricing
-from .models import Conversation, ModelPrice, Run, Span
+from . import budgets, pricing
+from .models import Budget, Conversation, ModelPrice, Run, Span
 from .services import delete_run
 
 TURNS_ON_CONVERSATION_PAGE = 200
@@ -87,7 +95,7 @@ def _tokens(row) -> str:
 
 # --- runs -------------------------------------------------------------------------------------------
 @admin.register(Run)
-class RunAdmin(OrgScopedAdmin):
+class RunAdmin(RawIdLookupMixin, OrgScopedAdmin):
     """Runs and their trace view. Read-only for everyone; org owners may delete a run."""
 
     change_role = OWNER  # governs delete only: add and change are refused below
@@ -355,3 +363,144 @@ class ModelPriceAdmin(admin.ModelAdmin):
         with transaction.atomic():
             for obj in list(queryset.select_related("organization", "agent")):
                 self.delete_model(request, obj)
+
+
+# --- budgets -----------------------------------------------------------------------------------------
+class ThresholdsField(forms.CharField):
+    """Alert thresholds typed as ``0.5, 0.8, 1`` (fractions of the amount); cleans to a sorted list of floats."""
+
+    def prepare_value(self, value):
+        return ", ".join(f"{v:g}" for v in value) if isinstance(value, list | tuple) else value
+
+    def to_python(self, value):
+        items = [item.strip() for item in (super().to_python(value) or "").split(",") if item.strip()]
+        try:
+            values = sorted({float(item) for item in items})
+        except ValueError:
+            raise ValidationError("Write fractions of the amount separated by commas, e.g. 0.5, 0.8, 1.") from None
+        if len(values) > 10:
+            raise ValidationError("At most 10 thresholds.")
+        if any(not 0.01 <= v <= 10 for v in values):
+            raise ValidationError("Each threshold is a fraction of the amount between 0.01 and 10.")
+        return values
+
+    def has_changed(self, initial, data):
+        try:
+            return sorted(initial or []) != self.to_python(data)
+        except ValidationError:
+            return True
+
+
+class BudgetForm(OrgScopedModelForm):
+    """The fields of ``PUT /agents/{agent}/budget``, with the API's limits."""
+
+    alert_thresholds = ThresholdsField(required=False, label="alert thresholds",
+                                       help_text="Fractions of the amount, each alerting once per period: 0.5, 0.8, 1")
+    alert_emails = CommaSeparatedField(required=False, item_validators=[EmailValidator()], label="alert emails",
+                                       help_text="Comma-separated, at most 20.")
+    alert_webhook = forms.URLField(required=False, max_length=2000, assume_scheme="https", label="alert webhook",
+                                   help_text="POSTed a JSON alert when a threshold is crossed.")
+
+    class Meta:
+        model = Budget
+        fields = ("agent", "period", "amount_usd", "enforce", "alert_thresholds", "alert_webhook", "alert_emails")
+        field_classes = {"agent": AgentChoiceField}
+        labels = {"amount_usd": "amount (USD)", "enforce": "hard cap"}
+        help_texts = {"enforce": "On: runs past the amount are refused. Off: alerts only.",
+                      "period": "UTC day or month."}
+
+    def clean_amount_usd(self):
+        amount = self.cleaned_data["amount_usd"]
+        if amount is not None and amount < 0:
+            raise ValidationError("The amount cannot be negative.")
+        return amount
+
+    def clean_alert_emails(self):
+        emails = self.cleaned_data["alert_emails"]
+        if len(emails) > 20:
+            raise ValidationError("At most 20 addresses.")
+        return emails
+
+
+@admin.register(Budget)
+class BudgetAdmin(OrgScopedAdmin):
+    """Per-agent budgets with live spend: members read them; owners set and remove them through the service."""
+
+    change_role = OWNER
+    form = BudgetForm
+    list_display = ("agent", "organization", "period", "amount", "enforce", "thresholds", "spent", "reserved",
+                    "usage", "resets_at")
+    list_filter = ("period", "enforce", "organization")
+    list_select_related = ("agent", "organization")
+    usage_fields = ("spent", "reserved", "usage", "period_start", "resets_at")
+
+    def get_fieldsets(self, request, obj=None):
+        settings = ("period", "amount_usd", "enforce", "alert_thresholds", "alert_webhook", "alert_emails")
+        if obj is None:
+            return [(None, {"fields": ("agent", *settings)})]
+        return [(None, {"fields": ("organization", "agent", *settings, "updated_at")}),
+                ("This period", {"fields": self.usage_fields})]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        fields = (*super().get_readonly_fields(request, obj), "agent", "updated_at", *self.usage_fields)
+        if not self.has_change_permission(request, obj):  # viewers: the lists as text, not Python reprs
+            fields = (*fields, "alert_thresholds", "alert_emails")
+        return fields
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "agent":
+            agents = Agent.objects.select_related("organization").filter(budget__isnull=True)
+            if not request.user.is_superuser:
+                agents = agents.filter(organization__in=orgs_with_role(request, OWNER))
+            kwargs["queryset"] = agents
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    # -- live usage (one ledger read per budget and request) ----------------------------------------
+    def _status(self, obj) -> dict:
+        if not hasattr(obj, "_fruxon_status"):
+            obj._fruxon_status = budgets.status(obj)
+        return obj._fruxon_status
+
+    @admin.display(description="amount", ordering="amount_usd")
+    def amount(self, obj) -> str:
+        return f"${obj.amount_usd}/{obj.period}"
+
+    @admin.display(description="alert thresholds")
+    def thresholds(self, obj) -> str:
+        return ", ".join(f"{t:.0%}" for t in obj.alert_thresholds) or "-"
+
+    @admin.display(description="spent (USD)")
+    def spent(self, obj) -> str:
+        return f"${self._status(obj)['spentUsd']}"
+
+    @admin.display(description="reserved (USD)")
+    def reserved(self, obj) -> str:
+        return f"${self._status(obj)['reservedUsd']}"
+
+    @admin.display(description="usage")
+    def usage(self, obj) -> str:
+        percent = self._status(obj)["usagePercent"]
+        return "-" if percent is None else f"{percent:.2f}%"
+
+    @admin.display(description="period start")
+    def period_start(self, obj):
+        return self._status(obj)["periodStart"]
+
+    @admin.display(description="resets at")
+    def resets_at(self, obj):
+        return self._status(obj)["resetsAt"]
+
+    # -- writes -----------------------------------------------------------------------------------
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        agent = obj.agent if change else data["agent"]
+        saved, _ = budgets.put_budget(
+            actor=actor_for(request), agent=agent, period=data["period"], amount_usd=data["amount_usd"],
+            enforce=data["enforce"], alert_thresholds=data.get("alert_thresholds") or [],
+            alert_webhook=data.get("alert_webhook") or "", alert_emails=data.get("alert_emails") or [])
+        adopt(obj, saved)
+
+    def delete_model(self, request, obj):
+        budgets.delete_budget(actor=actor_for(request), agent=obj.agent)
