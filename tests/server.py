@@ -1,6 +1,7 @@
 """Start the app as production does (gunicorn gthread) against the test database."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -45,11 +46,9 @@ def gunicorn(workers: int = 2, threads: int = 16, extra_env: dict | None = None)
     try:
         deadline = time.monotonic() + 60
         while True:
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if httpx.get(f"{base}/v1/schema", timeout=5).status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
             if proc.poll() is not None:
                 raise RuntimeError("gunicorn exited: " + (proc.stdout.read() if proc.stdout else ""))
             if time.monotonic() > deadline:
