@@ -56,8 +56,7 @@ class AgentViewSet(OrgScopedViewSet):
         return queryset
 
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     @extend_schema(request=s.AgentCreate, responses={201: s.AgentSerializer})
     def create(self, request, tenant):
@@ -96,8 +95,7 @@ class RevisionViewSet(OrgScopedViewSet):
         return queryset.filter(agent=self.agent).select_related("agent")
 
     def list(self, request, tenant, agent):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     @extend_schema(request=s.RevisionCreate, responses={201: s.RevisionDetail})
     def create(self, request, tenant, agent):

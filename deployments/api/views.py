@@ -84,8 +84,7 @@ class DeploymentViewSet(OrgScopedViewSet):
         return queryset.filter(agent=self.agent)
 
     def list(self, request, tenant, agent):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     @extend_schema(responses=s.DeploymentDetail)
     def retrieve(self, request, tenant, agent, deployment):
@@ -108,8 +107,7 @@ class ScheduledDeploymentViewSet(OrgScopedViewSet):
         return queryset.filter(agent=self.agent)
 
     def list(self, request, tenant, agent):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     @extend_schema(request=s.ScheduleRequest, responses={201: s.ScheduledDeploymentSerializer})
     def create(self, request, tenant, agent):
@@ -169,8 +167,7 @@ class ShadowResultViewSet(OrgScopedViewSet):
     @extend_schema(parameters=[OpenApiParameter("revisionId", str, description="only this candidate")])
     def list(self, request, tenant, agent):
         queryset = self.get_queryset()
-        page = self.paginate_queryset(queryset)
-        response = self.get_paginated_response(self.get_serializer(page, many=True).data)
+        response = self.paginated_response(queryset)
         response.data["summary"] = shadow.summary(queryset)
         return response
 

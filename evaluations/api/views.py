@@ -39,8 +39,7 @@ class DatasetViewSet(OrgScopedViewSet):
         return queryset.annotate(case_count=Count("cases"))
 
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     @extend_schema(request=s.DatasetCreate, responses={201: s.DatasetSerializer})
     def create(self, request, tenant):
@@ -79,8 +78,7 @@ class CaseViewSet(OrgScopedViewSet):
 
     def list(self, request, tenant, dataset):
         self._dataset()
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     @extend_schema(request=s.CaseWrite, responses={201: s.CaseSerializer},
                    description='One case, or many at once as {"cases": [...]} (all or nothing; answers {"results": [...]}).')
@@ -143,8 +141,7 @@ class EvaluationViewSet(OrgScopedViewSet):
 
     @extend_schema(parameters=[OpenApiParameter(p, str) for p in ("agent", "revisionId", "dataset", "status")])
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     @extend_schema(request=s.EvaluationCreate, responses={202: s.EvaluationSerializer},
                    description="Queues a Celery evaluation; poll GET /evaluations/{id} for progress and results.")

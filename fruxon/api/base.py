@@ -152,6 +152,11 @@ class _TenantScoped:
         """Hook: narrow the org-scoped queryset (filters, select_related)."""
         return queryset
 
+    def paginated_response(self, queryset=None):
+        """One page of ``queryset`` (default: the scoped queryset), serialized, with cursor links."""
+        page = self.paginate_queryset(self.get_queryset() if queryset is None else queryset)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
     def get_serializer_context(self):
         context = super().get_serializer_context()
         context["organization"] = self.organization

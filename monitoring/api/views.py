@@ -58,8 +58,7 @@ class RunViewSet(OrgScopedViewSet):
     @extend_schema(parameters=[s.RunFilter], responses=s.RunSerializer(many=True),
                    description="Runs, newest first, without their spans (GET /runs/{id} has the span tree).")
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     @extend_schema(responses=s.RunDetailSerializer,
                    description="The run with its span tree (steps, llm calls, tools, sub-agents).")
@@ -98,8 +97,7 @@ class ConversationViewSet(OrgScopedViewSet):
     @extend_schema(parameters=[s.ConversationFilter], responses=s.ConversationSerializer(many=True),
                    description="Conversations, most recently updated first.")
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     @extend_schema(
         parameters=[OpenApiParameter("conversation", str, OpenApiParameter.PATH,

@@ -110,8 +110,7 @@ class MemberViewSet(OrgScopedViewSet):
         return queryset.select_related("user")
 
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     def retrieve(self, request, tenant, pk):
         return Response(self.get_serializer(self.object).data)
@@ -149,8 +148,7 @@ class ApiKeyViewSet(OrgScopedViewSet):
         return queryset.select_related("created_by")
 
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     def retrieve(self, request, tenant, pk):
         return Response(self.get_serializer(self.object).data)
@@ -201,8 +199,7 @@ class SecretViewSet(OrgScopedViewSet):
         return queryset.select_related("updated_by")
 
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     def retrieve(self, request, tenant, name):
         return Response(self.get_serializer(self.object).data)
@@ -241,8 +238,7 @@ class IntegrationViewSet(OrgScopedViewSet):
     }
 
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
 
     def retrieve(self, request, tenant, slug):
         return Response(self.get_serializer(self.object).data)
@@ -288,5 +284,4 @@ class AuditEventViewSet(OrgScopedViewSet):
         OpenApiParameter("since", str, description="ISO 8601 date-time"),
     ])
     def list(self, request, tenant):
-        page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return self.paginated_response()
