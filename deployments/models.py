@@ -82,6 +82,8 @@ class ShadowResult(TenantModel):
     similarity = models.FloatField(default=0.0, help_text="difflib ratio of the two outputs as text, 0..1")
     cost_delta_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal("0"))
     latency_delta_ms = models.IntegerField(default=0)
+    error = models.CharField(max_length=1000, blank=True, default="",
+                             help_text="Why the candidate could not run on this input (no shadow run then).")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import random
+from decimal import Decimal
 
 from django.db import transaction
 from django.db.models import Avg, Count, Q, Sum
@@ -19,7 +20,7 @@ from django.utils import timezone
 
 from agents import execution
 from agents.models import Agent, Revision
-from fruxon.errors import InvalidRequest, NotFound
+from fruxon.errors import FruxonError, InvalidRequest, NotFound
 from monitoring.models import Run
 from orgs.actor import Actor
 from orgs.services import audit
@@ -76,8 +77,17 @@ def run_shadow_for(live_run_id: str, candidate_revision_id: str) -> ShadowResult
     live = Run.objects.select_related("agent").filter(pk=live_run_id).first()
     if live is None or ShadowResult.objects.filter(live_run=live).exists():
         return None
-    outcome = execution.execute(agent=live.agent, input=live.input, revision_id=candidate_revision_id,
-                                source="shadow", shadow=True)
+    try:
+        outcome = execution.execute(agent=live.agent, input=live.input, revision_id=candidate_revision_id,
+                                    source="shadow", shadow=True)
+    except FruxonError as exc:
+        # The candidate refused the live input (e.g. it declares other inputs): a disagreement
+        # worth seeing in the results, not a silent log line.
+        result, _ = ShadowResult.objects.get_or_create(
+            live_run=live, defaults={"organization_id": live.organization_id, "agent_id": live.agent_id,
+                                     "candidate_revision_id": candidate_revision_id, "shadow_run": None,
+                                     "outputs_equal": False, "similarity": 0.0, "error": exc.message[:1000]})
+        return result
     shadow = outcome.run
     equal = live.status == shadow.status == "ok" and live.output == shadow.output
     similarity = 1.0 if equal else difflib.SequenceMatcher(None, _text(live.output), _text(shadow.output)).ratio()
@@ -103,6 +113,7 @@ def summary(queryset) -> dict:
         "agreementRate": (agg["agreements"] / count) if count else None,
         "meanSimilarity": round(agg["similarity"], 4) if agg["similarity"] is not None else None,
         "shadowErrorRate": (agg["shadow_errors"] / count) if count else None,
-        "meanCostDeltaUsd": format((agg["cost_delta"] or 0) / count, "f") if count else None,
+        "meanCostDeltaUsd": format((Decimal(agg["cost_delta"] or 0) / count).quantize(Decimal("0.00000001")), "f")
+        if count else None,
         "meanLatencyDeltaMs": round(agg["latency_delta"], 1) if agg["latency_delta"] is not None else None,
     }

@@ -117,6 +117,7 @@ def _seed_agent(org: Organization, system: Actor) -> None:
     """The 'support' agent: v1 deployed, v2 (a two-step rewrite) waiting as a candidate."""
     from agents.models import Agent
     from agents.services import create_agent, create_revision
+    from deployments.services import deploy
 
     if Agent.objects.filter(organization=org, slug="support").exists():
         return
@@ -124,7 +125,8 @@ def _seed_agent(org: Organization, system: Actor) -> None:
                          description="Answers customer questions about orders.")
     v1 = create_revision(actor=system, agent=agent, spec=SUPPORT_V1, message="First version")
     create_revision(actor=system, agent=agent, spec=SUPPORT_V2, message="Two-step draft and polish")
-    Agent.objects.filter(pk=agent.pk).update(deployed_revision=v1)
+    # Through the deploy service, so the history has it and a rollback can return to it.
+    deploy(actor=system, agent=agent, revision_id=v1.id, reason="demo launch")
 
 
 GOLDEN_CASES = [

@@ -303,3 +303,19 @@ def test_shadow_sampling_rate(org):
     draws = iter([0.1, 0.3, 0.24, 0.9])
     sampled = [shadow.maybe_enqueue(agent=agent, run=run, rng=lambda: next(draws)) for _ in range(4)]
     assert sampled == [True, False, True, False]
+
+
+def test_shadow_candidate_refusing_the_live_input_is_recorded(org, editor, api, django_capture_on_commit_callbacks):
+    agent, v1 = agent_with_revision(org, "support", local_spec("live"))
+    other_inputs = local_spec("never runs")
+    other_inputs["inputs"] = {"topic": {"type": "string", "required": True}}
+    other_inputs["steps"][0]["prompt"] = "{{input.topic}}"
+    candidate = create_revision(actor=SYSTEM, agent=agent, spec=other_inputs)
+    client = api.as_user(editor)
+    client.put("/v1/acme/agents/support/shadow", {"revisionId": candidate.id, "sampleRate": 1.0}, format="json")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post("/v1/acme/agents/support:execute", {"input": {"question": "q"}},
+                           format="json").status_code == 200
+    body = client.get("/v1/acme/agents/support/shadow/results").json()
+    assert body["summary"]["count"] == 1 and body["summary"]["shadowErrorRate"] == 1.0
+    assert body["results"][0]["shadowRunId"] is None and "input" in body["results"][0]["error"]

@@ -119,7 +119,7 @@ class ShadowResultSerializer(serializers.ModelSerializer):
     class Meta:
         model = ShadowResult
         fields = ["id", "liveRunId", "shadowRunId", "candidateRevisionId", "liveOutput", "shadowOutput", "shadowStatus",
-                  "outputsEqual", "similarity", "costDeltaUsd", "latencyDeltaMs", "createdAt"]
+                  "outputsEqual", "similarity", "costDeltaUsd", "latencyDeltaMs", "error", "createdAt"]
 
 
 class DeployPolicySerializer(StrictSerializer):

@@ -36,6 +36,7 @@ def deployed_baseline(*, agent: Agent, dataset: Dataset, start_if_missing: bool)
 
         pending = start(actor=SYSTEM, agent=agent, revision_id=agent.deployed_revision_id, dataset=dataset,
                         trigger="baseline")
+        pending.refresh_from_db()  # with eager Celery (the embedded demo) it has already run
     return pending, True
 
 

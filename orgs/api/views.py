@@ -62,7 +62,8 @@ class OrgListView(PrincipalAPIView):
     def get(self, request):
         orgs = orgs_for_user(request.user).order_by("slug")
         roles = dict(Membership.objects.filter(user_id=request.user.pk).values_list("organization_id", "role"))
-        return Response({"results": s.OrganizationSerializer(orgs, many=True, context={"roles": roles}).data, "next": None})
+        return Response({"results": s.OrganizationSerializer(orgs, many=True, context={"roles": roles}).data,
+                         "next": None, "previous": None})
 
     @extend_schema(request=s.OrganizationCreate, responses={201: s.OrganizationSerializer})
     def post(self, request):

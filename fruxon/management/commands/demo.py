@@ -24,7 +24,7 @@ class Command(BaseCommand):
             "",
             f"Fruxon demo: organization '{seeded.org.slug}'",
             f"  admin:   {base}/admin/",
-            f"  API:     {base}/v1/   docs: {base}/v1/docs",
+            f"  API:     {base}/v1/orgs   docs: {base}/v1/docs",
             "  people (username / password, role):",
             *[f"    {name} / {password}  ({name})" for name, password in seeded.users.items()],
             f"  API key (admin scopes): {seeded.api_key}",
