@@ -23,7 +23,8 @@ class DatabaseLedger:
         try:
             period, _ = BudgetPeriod.objects.get_or_create(
                 agent_id=state.agent_id, period=state.period, period_start=state.period_start,
-                defaults={"organization_id": state.organization_id, "spent_units": self._seed(state)})
+                # A callable: the recorded-spend SUM runs only when the period row is created.
+                defaults={"organization_id": state.organization_id, "spent_units": lambda: self._seed(state)})
         except IntegrityError:  # created concurrently
             period = BudgetPeriod.objects.get(agent_id=state.agent_id, period=state.period,
                                               period_start=state.period_start)
