@@ -47,8 +47,11 @@ def _check_key(api_key: ApiKey, agent: Agent) -> None:
 
 
 def resolve_agent_for(*, organization: Organization, slug: str, user, org_role: str | None,
-                      api_key: ApiKey | None, select_related: tuple[str, ...] = ()) -> tuple[Agent, str | None]:
-    agent = get_agent(organization=organization, slug=slug, select_related=select_related)
+                      api_key: ApiKey | None, select_related: tuple[str, ...] = (),
+                      resolved: Agent | None = None) -> tuple[Agent, str | None]:
+    """The agent (``resolved`` when the caller already holds it) and the caller's role on it."""
+    agent = resolved if resolved is not None else get_agent(organization=organization, slug=slug,
+                                                            select_related=select_related)
     if api_key is not None:
         _check_key(api_key, agent)
         return agent, None

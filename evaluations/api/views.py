@@ -6,8 +6,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import status
 from rest_framework.response import Response
 
-from agents.scoping import get_agent
-from fruxon.api.base import Access, OrgScopedAPIView, OrgScopedViewSet
+from fruxon.api.base import Access, OrgScopedAPIView, OrgScopedGenericAPIView, OrgScopedViewSet
 from fruxon.api.serializers import validated
 from fruxon.errors import InvalidRequest, NotFound
 from monitoring.models import Run
@@ -105,16 +104,22 @@ class CaseViewSet(OrgScopedViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class AddToDatasetView(OrgScopedAPIView):
+class AddToDatasetView(OrgScopedGenericAPIView):
     """A (failing) production run becomes a regression case."""
 
+    queryset = Run.objects.all()
+    lookup_url_kwarg = "run"
+    lookup_field = "pk"
     access = {"POST": Access(EDITOR, "datasets:write")}
+    agent_from_object = "agent"  # the run's agent: per-agent grants apply
+
+    def refine_queryset(self, queryset):
+        key = self.api_key  # a key limited to some agents sees only their runs (as GET /runs does)
+        return queryset.filter(agent__slug__in=key.agents) if key is not None and key.agents else queryset
 
     @extend_schema(request=s.AddToDataset, responses={201: s.CaseSerializer})
     def post(self, request, tenant, run):
-        found = Run.objects.filter(organization=self.organization, pk=run).first()
-        if found is None:
-            raise NotFound(f"Run '{run}' not found.")
+        found = self.object
         data = validated(s.AddToDataset, request.data)
         dataset = datasets.get_dataset(organization=self.organization, slug=data["dataset"])
         case = datasets.case_from_run(actor=_actor(request), run=found, dataset=dataset, expected=data.get("expected"),
@@ -129,6 +134,9 @@ class EvaluationViewSet(OrgScopedViewSet):
     lookup_field = "pk"
     ordering = ("-created_at", "-id")
     access = {"GET": Access(VIEWER, "evaluations:read"), "POST": Access(EDITOR, "evaluations:write")}
+    # Per-agent grants apply: creating names the agent in the body; the rest act on the evaluation's agent.
+    agent_from_body = {"POST": "agent"}
+    agent_from_object = "agent"
 
     def refine_queryset(self, queryset):
         queryset = queryset.select_related("agent", "dataset").annotate(done_count=Count("results"))
@@ -147,9 +155,7 @@ class EvaluationViewSet(OrgScopedViewSet):
                    description="Queues a Celery evaluation; poll GET /evaluations/{id} for progress and results.")
     def create(self, request, tenant):
         data = validated(s.EvaluationCreate, request.data)
-        agent = get_agent(organization=self.organization, slug=data["agent"])
-        if self.api_key is not None and not self.api_key.allows_agent(agent.slug):
-            raise NotFound(f"Agent '{agent.slug}' not found.")
+        agent = self.agent  # the body's agent, resolved (and its grants applied) by the base view
         dataset = datasets.get_dataset(organization=self.organization, slug=data["dataset"])
         evaluation = runs.start(actor=_actor(request), agent=agent, revision_id=data["revisionId"], dataset=dataset)
         evaluation = self.get_queryset().get(pk=evaluation.pk)

@@ -67,6 +67,13 @@ class _TenantScoped:
     agent_url_kwarg: ClassVar[str] = "agent"
     # Relations of the agent loaded with it in the same query (e.g. execute's deployed revision).
     agent_select_related: ClassVar[tuple[str, ...]] = ()
+    # Endpoints that act on one agent without ``{agent}`` in the URL. Per-agent grants and a key's
+    # agent list apply to that agent exactly as on ``/agents/{agent}/...`` routes:
+    # ``agent_from_body`` maps HTTP methods to the body field naming the agent's slug (resolved
+    # inside the org, 404 otherwise); ``agent_from_object`` names the attribute of the object in the
+    # URL that holds its agent (the object is then resolved before the role check).
+    agent_from_body: ClassVar[dict[str, str]] = {}
+    agent_from_object: ClassVar[str | None] = None
 
     organization = None
     agent = None
@@ -105,13 +112,32 @@ class _TenantScoped:
                     api_key=self.api_key,
                     select_related=self.agent_select_related,
                 )
-        self._check_access(request)
         self.object = None
         lookup = getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", None)
-        if lookup in kwargs and request.method not in self.upsert_methods:
+        names_object = lookup in kwargs and request.method not in self.upsert_methods
+        if self.agent is None:
+            if names_object and self.agent_from_object:
+                # The role depends on the object's agent: resolve the object (inside the org) first.
+                self.object = self.get_object()
+                self._apply_agent(request, getattr(self.object, self.agent_from_object))
+            elif request.method in self.agent_from_body:
+                slug = request.data.get(self.agent_from_body[request.method]) if isinstance(request.data, dict) else None
+                if isinstance(slug, str) and slug:  # anything else is left to the body's validation (400)
+                    from agents.scoping import get_agent  # agents app builds on orgs
+
+                    self._apply_agent(request, get_agent(organization=self.organization, slug=slug))
+        self._check_access(request)
+        if names_object and self.object is None:
             # Objects named in the URL resolve inside the org before any body is
             # read: another org's id is a 404 whatever the body holds.
             self.object = self.get_object()
+
+    def _apply_agent(self, request, agent) -> None:
+        """Make ``agent`` the one this request acts on: its grants set the person's role, a key must allow it."""
+        from agents.scoping import resolve_agent_for
+
+        self.agent, self.role = resolve_agent_for(organization=self.organization, slug=agent.slug, user=request.user,
+                                                  org_role=self.role, api_key=self.api_key, resolved=agent)
 
     def access_for_method(self, method: str) -> Access:
         method = "GET" if method == "HEAD" else method

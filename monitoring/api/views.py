@@ -48,6 +48,7 @@ class RunViewSet(OrgScopedViewSet):
     lookup_field = "pk"
     ordering = ("-created_at", "-id")
     access = {"GET": READ, "POST": WRITE}
+    agent_from_object = "agent"  # pinning acts on the run's agent: per-agent grants apply
 
     def refine_queryset(self, queryset):
         queryset = _only_keys_agents(self, queryset.select_related("agent", "conversation"))
