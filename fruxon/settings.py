@@ -226,6 +226,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "fruxon.api.pagination.CursorPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "fruxon.api.errors.exception_handler",
+    # Errors about the body as a whole (not one field) are reported under details.fields.body.
+    "NON_FIELD_ERRORS_KEY": "body",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_RATES": {"token": "20/min"},
@@ -242,6 +244,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/v1",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "fruxon.api.schema.add_error_responses",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "OrgRoleEnum": "orgs.roles.ORG_ROLE_CHOICES",
         "IntegrationStatusEnum": "orgs.models.Integration.STATUS_CHOICES",

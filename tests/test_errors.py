@@ -59,3 +59,32 @@ def test_subclass_cannot_bypass_tenancy():
         class Sneakier(OrgScopedViewSet):  # noqa: F841
             def get_queryset(self):
                 return None
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+@pytest.mark.parametrize("url", ["/v1/acme/nothing-here", "/v1/acme/agents/support:frobnicate",
+                                 "/v1/acme/agents/support:execute/", "/nowhere"])
+def test_unknown_routes_are_json_404_for_unsafe_methods_too(org, url, method):
+    """Not a CSRF refusal (403): an unknown route is a 404 whatever the method, with or without a session."""
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    _shape(getattr(client, method)(url, data="{}", content_type="application/json"), 404, "not_found")
+
+
+def test_invalid_cursor_is_400(org, owner_client):
+    body = _shape(owner_client.get("/v1/acme/audit-events?cursor=garbage"), 400, "invalid_request")
+    assert body["error"]["details"]["fields"] == {"cursor": ["Invalid cursor."]}
+
+
+def test_body_level_errors_are_named_body(org, owner_client):
+    body = _shape(owner_client.post("/v1/acme/api-keys", "null", content_type="application/json"), 400,
+                  "invalid_request")
+    assert "body" in body["error"]["details"]["fields"], body
+    assert "non_field_errors" not in str(body)
+
+
+@override_settings(ROOT_URLCONF=__name__, DEBUG=True)
+def test_debug_500_names_the_exception_class_but_not_its_text(org, owner_client):
+    body = _shape(owner_client.get("/v1/acme/boom"), 500, "internal_error")
+    assert "RuntimeError" in body["error"]["message"] and "hunter2" not in str(body)

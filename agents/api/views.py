@@ -183,14 +183,24 @@ class ExecuteView(OrgScopedAPIView):
 
     @extend_schema(
         request=s.ExecuteRequest,
+        parameters=[
+            OpenApiParameter("X-Fruxon-Overhead-Ms", float, OpenApiParameter.HEADER, response=True,
+                             description="server time minus time spent waiting on the model provider (ms); "
+                                         "on every answer, errors included"),
+            OpenApiParameter("X-Fruxon-Run-Id", str, OpenApiParameter.HEADER, response=[200, 422, 429, 502, 504],
+                             description="the recorded run's id"),
+        ],
         responses={
-            200: s.ExecuteResponse,
+            200: OpenApiResponse(s.ExecuteResponse, description="the run finished with status ok"),
             400: OpenApiResponse(description="invalid input (details name each input)"),
             404: OpenApiResponse(description="unknown agent, or revisionId not a revision of this agent"),
             409: OpenApiResponse(description="not_deployed: nothing deployed and no revisionId"),
             422: OpenApiResponse(description="the run failed for a non-provider reason (max_tool_calls, "
                                              "integration_unavailable, secret_not_allowed, ...); the run is recorded"),
-            429: OpenApiResponse(description="budget_exceeded"),
+            429: OpenApiResponse(description="budget_exceeded: the budget's hard cap cannot admit the run; "
+                                             "Retry-After says when the period resets"),
+            503: OpenApiResponse(description="ledger_unavailable: the budget ledger cannot be reached, so the run "
+                                             "is refused (fail closed) and the refusal recorded"),
             502: OpenApiResponse(description="provider_error; the run is recorded (details.runId)"),
             504: OpenApiResponse(description="provider_timeout or timeout; the run is recorded"),
         },

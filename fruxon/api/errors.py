@@ -93,7 +93,10 @@ def exception_handler(exc, context):
         return Response(error_body(code, message), status=status, headers=headers)
     set_rollback()
     logger.exception("Unhandled exception in %s", context.get("view").__class__.__name__, exc_info=exc)
-    message = f"{type(exc).__name__}: {exc}" if settings.DEBUG else "An internal error occurred."
+    # Only the exception's class, in DEBUG too: its text may carry data (a resolved secret, a row);
+    # the server log has the whole story.
+    message = (f"An internal error occurred ({type(exc).__name__}); see the server log." if settings.DEBUG
+               else "An internal error occurred.")
     return Response(error_body("internal_error", message), status=500)
 
 

@@ -25,3 +25,62 @@ class SessionScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "apiKey", "in": "cookie", "name": "sessionid"}
+
+
+# --- The error shape, on every operation -------------------------------------------------------
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": 'Every error answer: {"error": {"code", "message", "details"}} (API.md "Errors").',
+    "properties": {"error": {
+        "type": "object", "required": ["code", "message", "details"],
+        "properties": {
+            "code": {"type": "string", "description": "snake_case, e.g. invalid_request, not_found, not_ready"},
+            "message": {"type": "string", "description": "a human sentence"},
+            "details": {"type": "object", "additionalProperties": True},
+        },
+    }},
+    "required": ["error"],
+}
+
+_COMMON_ERRORS = {
+    "400": "invalid_request: malformed JSON or failed validation (details.fields names each field)",
+    "401": "unauthenticated: no or bad credentials",
+    "403": "forbidden: the member lacks the role, or the API key the scope, for this method",
+    "404": "not_found: unknown org, not a member, unknown object, or another org's object",
+    "405": "method_not_allowed",
+}
+_ANONYMOUS = {("/v1/auth/token", "post")}
+_METHODS = ("get", "put", "post", "patch", "delete")
+
+
+def _error_response(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def add_error_responses(result, generator, request, public):
+    """POSTPROCESSING_HOOK: the Error component and the errors any operation can answer.
+
+    An operation's own declared error responses (409 not_ready, 429 budget_exceeded, ...) are
+    kept; their bodies are pointed at the Error component when they declared none.
+    """
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    for path, item in result.get("paths", {}).items():
+        for method in _METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, response in responses.items():
+                if status.startswith(("4", "5")) and "content" not in response:
+                    response["content"] = _error_response("")["content"]
+            wanted = dict(_COMMON_ERRORS)
+            if (path, method) in _ANONYMOUS:
+                wanted.pop("401")
+                wanted.pop("403")
+            if "{tenant}" not in path and "{" not in path and method == "get":
+                wanted.pop("404")
+            for status, description in wanted.items():
+                responses.setdefault(status, _error_response(description))
+    return result
