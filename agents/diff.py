@@ -5,7 +5,8 @@ Lists with identities are keyed before comparing (steps by ``name``, tools by
 read like ``steps.answer.model.temperature``. The result has:
 
 * ``changes``: ``[{"path", "change": "added|removed|changed", "before", "after"}]``
-* ``summary``: steps, tools, sub-agents and secrets added/removed/changed, models changed
+* ``summary``: steps, tools and sub-agents added/removed/changed (a tool's description or
+  parameters, a sub-agent's pin), secrets and integrations referenced added/removed, models changed
 * ``promptDiff``: a unified diff of every prompt text (system and user prompts, output)
 """
 from __future__ import annotations
@@ -68,15 +69,22 @@ def diff_specs(before: dict, after: dict) -> dict:
     steps_b, steps_a = set(kb["steps"]), set(ka["steps"])
     changed_steps = sorted(n for n in steps_b & steps_a if kb["steps"][n] != ka["steps"][n])
     tools = lambda k: {f"{s}.{t}" for s, step in k["steps"].items() for t in step["tools"]}  # noqa: E731
+    changed_tools = sorted(f"{n}.{t}" for n in steps_b & steps_a
+                           for t in set(kb["steps"][n]["tools"]) & set(ka["steps"][n]["tools"])
+                           if kb["steps"][n]["tools"][t] != ka["steps"][n]["tools"][t])
+    sub = lambda k, n: k["steps"][n]["subAgents"]  # noqa: E731
+    changed_subagents = sorted({a for n in steps_b & steps_a for a in set(sub(kb, n)) & set(sub(ka, n))
+                                if sub(kb, n)[a] != sub(ka, n)[a]})
     models_changed = [
         {"step": n, "before": kb["steps"][n].get("model"), "after": ka["steps"][n].get("model")}
         for n in sorted(steps_b & steps_a) if kb["steps"][n].get("model") != ka["steps"][n].get("model")
     ]
     summary = {
         "steps": {**_set_delta(steps_b, steps_a), "changed": changed_steps},
-        "tools": _set_delta(tools(kb), tools(ka)),
-        "subAgents": _set_delta({r.agent for r in engine.referenced_subagents(before)},
-                                {r.agent for r in engine.referenced_subagents(after)}),
+        "tools": {**_set_delta(tools(kb), tools(ka)), "changed": changed_tools},
+        "subAgents": {**_set_delta({r.agent for r in engine.referenced_subagents(before)},
+                                   {r.agent for r in engine.referenced_subagents(after)}),
+                      "changed": changed_subagents},
         "secrets": _set_delta(engine.referenced_secrets(before), engine.referenced_secrets(after)),
         "integrations": _set_delta(engine.referenced_integrations(before), engine.referenced_integrations(after)),
         "modelsChanged": models_changed,

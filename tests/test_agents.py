@@ -1,6 +1,8 @@
 """Agents and revisions over HTTP: CRUD, immutability, invalid specs, diff, grants, delete rules."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agents import grants
@@ -98,6 +100,13 @@ def test_diff_structured_and_unified(org, editor_client):
     assert summary["steps"]["added"] == ["polish"] and summary["steps"]["changed"] == ["answer"]
     assert summary["tools"]["added"] == ["polish.lookup"] and summary["secrets"]["added"] == ["KEY"]
     assert summary["integrations"]["added"] == ["shop"] and summary["modelsChanged"][0]["step"] == "answer"
+    assert summary["tools"]["changed"] == [] and summary["subAgents"]["changed"] == []
+    # a tool whose description or parameters change is listed as changed, not added or removed
+    spec3 = json.loads(json.dumps(spec))
+    spec3["steps"][1]["tools"][0]["description"] = "look an order up"
+    v3 = editor_client.post("/v1/acme/agents/support/revisions", {"spec": spec3}, format="json").json()
+    tools = editor_client.get(f"/v1/acme/agents/support/revisions/{v3['id']}:diff?against={v2['id']}").json()
+    assert tools["summary"]["tools"] == {"added": [], "removed": [], "changed": ["polish.lookup"]}
     paths = {c["path"]: c for c in body["changes"]}
     assert paths["steps.answer.model.temperature"] == {"path": "steps.answer.model.temperature", "change": "added",
                                                        "before": None, "after": 0.3}
@@ -172,3 +181,10 @@ def test_price_overrides(org, owner_client, viewer, api):
     assert float(executed.cost_usd) == pytest.approx(expected)
     dup = owner_client.put("/v1/acme/prices", {"prices": [org_price, org_price]}, format="json")
     assert dup.status_code == 400
+
+
+def test_diff_against_deployed_with_nothing_deployed_is_409(org, editor_client):
+    _, v1 = agent_with_revision(org, "support", deploy=False)
+    response = editor_client.get(f"/v1/acme/agents/support/revisions/{v1.id}:diff?against=deployed")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "not_deployed"
+    assert editor_client.get(f"/v1/acme/agents/support/revisions/{v1.id}:diff?against={v1.id}").json()["changes"] == []

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from fruxon.api.base import Access, OrgScopedAPIView, OrgScopedViewSet
 from fruxon.api.errors import error_body
 from fruxon.api.serializers import validated
-from fruxon.errors import InvalidRequest
+from fruxon.errors import Conflict, InvalidRequest
 from deployments import shadow
 from django.utils import timezone
 
@@ -116,8 +116,9 @@ class RevisionViewSet(OrgScopedViewSet):
         against = request.query_params.get("against", "deployed")
         if against == "deployed":
             if not self.agent.deployed_revision_id:
-                raise InvalidRequest("The agent has no deployed revision; pass ?against=<revision id>.",
-                                     code="not_deployed", details={"fields": {"against": ["Nothing deployed."]}})
+                # 409, as execute answers for the same state: the request is fine, the agent is not deployed.
+                raise Conflict("The agent has no deployed revision; pass ?against=<revision id>.",
+                               code="not_deployed", details={"fields": {"against": ["Nothing deployed."]}})
             against = self.agent.deployed_revision_id
         base = services.get_revision(agent=self.agent, revision_id=against)
         result = diff_specs(base.spec, self.object.spec)
