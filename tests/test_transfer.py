@@ -148,8 +148,10 @@ def test_export_document_shape(stage):
     assert support["revisions"][1]["parentId"] == stage["v1"].id
     assert support["revisions"][1]["contentHash"] == stage["v2"].content_hash
     assert support["gatingDataset"] == "golden" and support["gateTolerance"] == 0.05
+    # the webhook URL is a credential of this environment: never exported
     assert support["budget"] == {"period": "month", "amountUsd": "50.0000", "enforce": True, "alertThresholds": [0.5, 0.8],
-                                 "alertWebhook": "https://hooks.example/fx", "alertEmails": ["a@example.com"]}
+                                 "alertEmails": ["a@example.com"]}
+    assert "hooks.example" not in json.dumps(document)
     assert [d["slug"] for d in document["datasets"]] == ["extra", "golden"]
     assert len(document["datasets"][1]["cases"]) == 3
     shop = next(i for i in document["integrations"] if i["slug"] == "shop-api")
@@ -281,6 +283,10 @@ def test_reimport_into_the_source_changes_nothing(stage):
     (lambda d: d.__setitem__("extra", 1), "$.extra"),
     (lambda d: d["agents"][0].__setitem__("organization", 7), "$.agents[0].organization"),
     (lambda d: d["integrations"][0].__setitem__("credentials", "Bearer x"), "$.integrations[0].credentials"),
+    (lambda d: d["agents"][1]["budget"].__setitem__("alertWebhook", "https://hooks.example/smuggled"),
+     "$.agents[1].budget.alertWebhook"),
+    (lambda d: d["agents"][1]["revisions"][0]["spec"]["steps"][0]["model"].__setitem__("apiKey", "sk-smuggled"),
+     "$.agents[1].revisions[0].spec.steps[0].model.apiKey"),
     (lambda d: d["integrations"][0]["config"]["headers"].__setitem__("Authorization", "Bearer x"),
      "$.integrations[0].config.headers"),
     (lambda d: d.__setitem__("format", "fruxon.export/v2"), "$.format"),

@@ -51,6 +51,11 @@ TOOL_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 REVISION_ID_RE = re.compile(r"^rev_[A-Za-z0-9]{1,64}$")
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Credentials never live in a revision (DESIGN rule 7): a model's apiKey is a secret reference,
+# and a credential-looking header's value must take its credential from one.
+SECRET_ONLY_RE = re.compile(r"^\s*\{\{\s*secret\.[A-Za-z_][A-Za-z0-9_]*\s*\}\}\s*$")
+SECRET_REFERENCE_RE = re.compile(r"\{\{\s*secret\.[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
+CREDENTIAL_HEADER_RE = re.compile(r"authorization|api[-_]?key|token|cookie|secret|password", re.I)
 
 TOP_KEYS = {"inputs", "steps", "output", "timeoutSeconds", "description"}
 INPUT_KEYS = {"type", "required", "description", "default"}
@@ -362,12 +367,20 @@ class _Validator:
         for key in ("baseUrl", "apiKey"):
             if key in model:
                 self.expect_string(model[key], key_path(path, key))
+        api_key = model.get("apiKey")
+        if isinstance(api_key, str) and api_key and not SECRET_ONLY_RE.match(api_key):
+            self.add(key_path(path, "apiKey"), "must be a {{secret.NAME}} reference: a revision never holds a "
+                                               "credential (set the value with PUT /secrets/NAME)")
         base_url = model.get("baseUrl")
         if isinstance(base_url, str) and "{{" not in base_url and not base_url.startswith(("http://", "https://")):
             self.add(key_path(path, "baseUrl"), "must start with http:// or https://")
         if "headers" in model and self.expect_object(model["headers"], key_path(path, "headers")):
             for name, value in model["headers"].items():
-                self.expect_string(value, key_path(key_path(path, "headers"), str(name)))
+                header_path = key_path(key_path(path, "headers"), str(name))
+                if (self.expect_string(value, header_path) and CREDENTIAL_HEADER_RE.search(str(name))
+                        and not SECRET_REFERENCE_RE.search(value)):
+                    self.add(header_path, "looks like a credential: take its value from a {{secret.NAME}} "
+                                          "reference, never a literal")
         if "temperature" in model:
             self.expect_range(model["temperature"], key_path(path, "temperature"), 0, 2, integer=False)
         if "maxTokens" in model:

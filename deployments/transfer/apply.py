@@ -31,6 +31,7 @@ from evaluations.models import Dataset
 from evaluations.services import datasets as dataset_services
 from fruxon.errors import Conflict
 from monitoring import budgets
+from monitoring.models import Budget
 from orgs.actor import Actor
 from orgs.models import Integration, Organization
 from orgs.services import audit
@@ -129,9 +130,12 @@ class _Applier:
 
     def budgets(self) -> None:
         for slug, wanted in self.plan.budget_puts:
-            budgets.put_budget(actor=self.actor, agent=self.agents[slug], period=wanted["period"],
+            agent = self.agents[slug]
+            current = Budget.objects.filter(agent=agent).first()
+            budgets.put_budget(actor=self.actor, agent=agent, period=wanted["period"],
                                amount_usd=Decimal(wanted["amountUsd"]), enforce=wanted["enforce"],
-                               alert_thresholds=wanted["alertThresholds"], alert_webhook=wanted["alertWebhook"],
+                               alert_thresholds=wanted["alertThresholds"],
+                               alert_webhook=current.alert_webhook if current else "",  # the target's own
                                alert_emails=wanted["alertEmails"])
 
     def deploys(self) -> None:

@@ -46,9 +46,10 @@ def _revision(revision: Revision) -> dict:
 def _budget(budget: Budget | None) -> dict | None:
     if budget is None:
         return None
+    # No alertWebhook: a webhook URL is a bearer credential (Slack's, for one) and belongs to one
+    # environment; the target keeps its own.
     return {"period": budget.period, "amountUsd": format(budget.amount_usd, "f"), "enforce": budget.enforce,
-            "alertThresholds": list(budget.alert_thresholds), "alertWebhook": budget.alert_webhook,
-            "alertEmails": list(budget.alert_emails)}
+            "alertThresholds": list(budget.alert_thresholds), "alertEmails": list(budget.alert_emails)}
 
 
 def _dataset(dataset: Dataset, cases: list[Case]) -> dict:

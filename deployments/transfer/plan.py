@@ -191,9 +191,10 @@ def _settings(item: dict, current: Agent | None, index: int, datasets: set[str])
 
 
 def _budget_differs(budget: Budget, wanted: dict) -> bool:
-    return (budget.period, budget.amount_usd, budget.enforce, sorted(budget.alert_thresholds), budget.alert_webhook,
+    # (the webhook is not compared: documents never carry it, the target keeps its own)
+    return (budget.period, budget.amount_usd, budget.enforce, sorted(budget.alert_thresholds),
             list(budget.alert_emails)) != (wanted["period"], Decimal(wanted["amountUsd"]), wanted["enforce"],
-                                           wanted["alertThresholds"], wanted["alertWebhook"], wanted["alertEmails"])
+                                           wanted["alertThresholds"], wanted["alertEmails"])
 
 
 def _agents(plan: Plan, org: Organization, doc: ValidDocument) -> None:

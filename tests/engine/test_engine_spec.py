@@ -79,6 +79,21 @@ def test_unknown_keys_are_reported():
     assert paths(mutated(change)) == {"$.steps[0].promt", "$.steps[1].model.apiKey", "$.extra"}
 
 
+def test_credentials_are_never_literal_in_a_spec():
+    """A revision is exported, diffed and shown to viewers: a credential in it would leak (DESIGN rule 7)."""
+    def change(s):
+        s["steps"][0]["model"]["apiKey"] = "sk-live-1234"
+        s["steps"][0]["model"]["headers"] = {"X-Api-Key": "abc", "Authorization": "Bearer {{secret.OPENAI_KEY}}",
+                                             "X-Request-Source": "fruxon"}
+
+    assert problems(mutated(change)) >= {
+        ("$.steps[0].model.apiKey", "must be a {{secret.NAME}} reference: a revision never holds a credential "
+                                    "(set the value with PUT /secrets/NAME)")}
+    assert paths(mutated(change)) == {"$.steps[0].model.apiKey", '$.steps[0].model.headers["X-Api-Key"]'}
+    ok = mutated(lambda s: s["steps"][0]["model"].update(apiKey="{{ secret.OPENAI_KEY }}"))
+    assert problems(ok) == set()
+
+
 def test_step_names_must_be_unique_and_well_formed():
     def change(s):
         s["steps"][1]["name"] = "answer"
