@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.db import IntegrityError, transaction
 
 from agents import grants
 from agents.models import Agent, ImmutableRevision, Revision, RevisionReference
@@ -61,6 +62,13 @@ def test_revisions_are_immutable(org, editor_client):
     with pytest.raises(ImmutableRevision):
         revision.delete()
     assert Revision.objects.get(pk=revision.pk).message == "first"
+    # the database refuses too: QuerySet.update() and raw SQL never reach Revision.save()
+    for change in ({"spec": {"steps": []}}, {"content_hash": "0" * 64}, {"message": "rewritten"}):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Revision.objects.filter(pk=revision.pk).update(**change)
+    stored = Revision.objects.get(pk=revision.pk)
+    assert stored.spec == revision.spec and stored.content_hash == revision.content_hash
+    Revision.objects.filter(pk=revision.pk).update(parent=None)  # SET_NULL while deleting an agent still works
 
 
 def test_delete_refused_while_deployed_or_referenced(org, editor_client):
