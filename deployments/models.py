@@ -48,6 +48,8 @@ class ScheduledDeployment(TenantModel):
     failure_code = models.CharField(max_length=50, blank=True, default="")
     deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by_key = models.ForeignKey("orgs.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                       help_text="The API key that scheduled it (its actor at apply time).")
     created_by_label = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -84,11 +86,34 @@ class ShadowResult(TenantModel):
     latency_delta_ms = models.IntegerField(default=0)
     error = models.CharField(max_length=1000, blank=True, default="",
                              help_text="Why the candidate could not run on this input (no shadow run then).")
+    metric_scores = models.JSONField(
+        default=list, blank=True,
+        help_text="The gating dataset's metrics scoring the shadow output with the live output as the expected value: "
+                  '[{"type", "metric", "score", "passed", "reason"}]; empty when the agent has no gating metrics.')
+    agreement = models.FloatField(null=True, blank=True,
+                                  help_text="Mean of the metric scores, 0..1; null when no metric scored the pair.")
+    agreed = models.BooleanField(
+        default=False,
+        help_text="The pair agrees: every metric passed and the mean reaches the dataset's passThreshold; "
+                  "without gating metrics, the outputs are equal.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["agent", "-created_at"], name="shadowresult_agent")]
+
+
+class ShadowClaim(TenantModel):
+    """One shadow attempt per live run, claimed (and committed) before the candidate runs.
+
+    ``run_shadow`` is ``acks_late``: a redelivered or duplicated task finds the
+    claim and does nothing, so the candidate never runs (nor is charged) twice
+    for one live run. A worker killed mid-shadow loses that one sample.
+    """
+
+    live_run = models.OneToOneField("monitoring.Run", on_delete=models.CASCADE, related_name="+")
+    candidate_revision = models.ForeignKey("agents.Revision", on_delete=models.CASCADE, related_name="+")
+    claimed_at = models.DateTimeField(default=timezone.now)
 
 
 class DeployPolicy(TenantModel):

@@ -4,6 +4,8 @@
 ``{"check", "status": "pass|warn|fail", "detail", "data"}``. ``evaluation``
 (once the agent has a gating dataset), ``integrations``, ``secrets`` and
 ``subAgents`` block a deploy when they fail; ``budget`` and the rest only warn.
+``diff`` warns when the candidate's ``contentHash`` equals the deployed
+revision's (no changes to ship).
 Every lookup is scoped to the agent's organization: a secret or integration of
 another org never satisfies a check.
 """
@@ -45,7 +47,11 @@ def _diff(agent: Agent, revision: Revision) -> Item:
         return Item("diff", "pass", "First deploy: nothing is deployed to compare with.")
     if agent.deployed_revision_id == revision.id:
         return Item("diff", "pass", "This revision is already deployed.", {"againstRevisionId": revision.id})
-    deployed = Revision.objects.only("id", "spec").get(pk=agent.deployed_revision_id)
+    deployed = Revision.objects.only("id", "spec", "content_hash").get(pk=agent.deployed_revision_id)
+    if deployed.content_hash == revision.content_hash:
+        return Item("diff", "warn", f"No changes against the deployed revision {deployed.id}: the same contentHash, "
+                    "so deploying it changes nothing.", {"againstRevisionId": deployed.id,
+                                                          "contentHash": revision.content_hash})
     summary = diff_specs(deployed.spec, revision.spec)["summary"]
     parts = []
     for key in ("steps", "tools", "subAgents", "secrets", "integrations"):

@@ -85,10 +85,14 @@ def rollback(*, actor: Actor, agent: Agent, revision_id: str | None = None, reas
     target = revision_id or default_rollback_target(agent)
     if target is None:
         raise Conflict("Nothing to roll back to: this agent has no earlier deployed revision.", code="no_rollback_target")
-    _revision(agent, target)
     if not Deployment.objects.filter(agent=agent, to_revision_id=target).exists():
-        raise Conflict(f"{target} was never deployed; roll back only to a revision that ran in production.",
-                       code="not_previously_deployed", details={"revisionId": target})
+        # A body id resolves inside this org only: another org's (or no) revision is a 404 like any
+        # unknown id; a revision of this org that this agent never deployed (its own or another
+        # agent's) is the state conflict.
+        if not Revision.objects.filter(organization_id=agent.organization_id, pk=target).exists():
+            raise NotFound(f"Revision '{target}' not found for agent '{agent.slug}'.")
+        raise Conflict(f"{target} was never deployed by agent '{agent.slug}'; roll back only to one of its revisions "
+                       "that ran in production.", code="not_previously_deployed", details={"revisionId": target})
     return deploy(actor=actor, agent=agent, revision_id=target, reason=reason, kind="rollback", enforce_readiness=False)
 
 

@@ -2,19 +2,27 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import connection
 from django.utils import timezone
 
+from agents import services as agent_services
+from agents.grants import remove_grant, set_grant
 from agents.models import Agent
 from agents.services import create_revision
 from deployments import autorollback, scheduling, services, shadow
 from deployments.models import Deployment, ScheduledDeployment, ShadowResult
+from deployments.tasks import run_shadow
+from evaluations.services import datasets
+from monitoring import budgets
 from monitoring.models import Budget, Run
-from orgs.models import AuditEvent, Integration
+from monitoring.pricing import set_overrides
+from orgs.models import AuditEvent, Integration, Membership
+from orgs.services.api_keys import revoke_key
 
 from . import factories as f
 from .builders import SYSTEM, agent_with_revision, local_spec, run_once
@@ -69,6 +77,23 @@ def test_roles_for_deploy_rollback_schedule_shadow(org, agent_v1_v2, owner, edit
         response = getattr(vera, method)(url, body, format="json")
         assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden", url
     assert Deployment.objects.count() == 1 and not ScheduledDeployment.objects.exists()
+    # schedules and the shadow configuration are editor-only, reads included (API.md); results are not
+    ed = api.as_user(editor)
+    row = scheduling.schedule(actor=SYSTEM, agent=agent, revision_id=v2.id, run_at=timezone.now() + timedelta(hours=1))
+    shadow.configure(actor=SYSTEM, agent=agent, revision_id=v2.id, sample_rate=0.5)
+    editor_reads = ["/v1/acme/agents/support/scheduled-deployments",
+                    f"/v1/acme/agents/support/scheduled-deployments/{row.pk}", "/v1/acme/agents/support/shadow"]
+    for url in editor_reads:
+        denied = vera.get(url)
+        assert denied.status_code == 403 and denied.json()["error"]["details"]["requiredRole"] == "editor", url
+        assert ed.get(url).status_code == 200, url
+    assert vera.get("/v1/acme/agents/support/shadow/results").status_code == 200
+    assert vera.get("/v1/acme/agents/support/deployments").status_code == 200
+    _, reader = f.api_key(org, scopes=["revisions:read"])
+    _, runner = f.api_key(org, scopes=["agents:execute"])
+    for url in editor_reads:
+        assert api.as_key(reader).get(url).status_code == 200, url
+        assert api.as_key(runner).get(url).status_code == 403, url
     # an editor may deploy but not force
     forced = _deploy(api.as_user(editor), v2.id, force=True, reason="YOLO")
     assert forced.status_code == 403 and Agent.objects.get(pk=agent.pk).deployed_revision_id == v1.id
@@ -124,6 +149,105 @@ def test_secret_of_another_org_or_agent_does_not_satisfy(org, editor, api):
     assert checks["secrets"]["data"] == {"missing": ["KEY"], "notAllowed": ["ONLY_BILLING"]}
 
 
+def _checks(client, revision_id):
+    body = client.get(f"/v1/acme/agents/support/readiness?revisionId={revision_id}").json()
+    return {c["check"]: c for c in body["checks"]}
+
+
+def test_readiness_diff_summarises_changes_and_warns_on_no_change(org, agent_v1_v2, editor, api):
+    agent, v1, v2 = agent_v1_v2
+    client = api.as_user(editor)
+    first = _checks(client, v1.id)["diff"]
+    assert first["status"] == "pass" and first["detail"].startswith("First deploy")
+    services.deploy(actor=SYSTEM, agent=agent, revision_id=v1.id)
+    changed = _checks(client, v2.id)["diff"]
+    assert changed["status"] == "pass"
+    assert changed["detail"] == f"1 change(s) against {v1.id}: steps changed: answer; models changed in: answer"
+    assert changed["data"]["againstRevisionId"] == v1.id and changed["data"]["summary"]["changeCount"] == 1
+    same = create_revision(actor=SYSTEM, agent=agent, spec=local_spec("v1"), message="same spec, new revision")
+    assert same.content_hash == v1.content_hash and same.id != v1.id
+    unchanged = _checks(client, same.id)["diff"]
+    assert unchanged["status"] == "warn" and "No changes against the deployed revision" in unchanged["detail"]
+    assert unchanged["data"] == {"againstRevisionId": v1.id, "contentHash": v1.content_hash}
+    # a warning, not a blocker
+    assert _deploy(client, same.id).status_code == 201
+
+
+def test_readiness_budget_none_alerts_only_and_hard_cap(org, agent_v1_v2, editor, api):
+    agent, v1, _ = agent_v1_v2
+    client = api.as_user(editor)
+    assert _checks(client, v1.id)["budget"]["status"] == "warn"
+    budget = Budget.objects.create(organization=org, agent=agent, period="month", amount_usd=Decimal("20"), enforce=False)
+    alerts_only = _checks(client, v1.id)["budget"]
+    assert alerts_only["status"] == "warn" and alerts_only["detail"].startswith("Alerts only")
+    assert alerts_only["data"] == {"amountUsd": "20.0000", "period": "month", "enforce": False}
+    Budget.objects.filter(pk=budget.pk).update(enforce=True)
+    capped = _checks(client, v1.id)["budget"]
+    assert capped["status"] == "pass" and capped["detail"] == "Hard cap $20.0000/month."
+
+
+def test_readiness_integrations_must_exist_here_and_be_usable(org, editor, api):
+    other = f.OrganizationFactory(slug="other")
+    f.integration(other, "elsewhere", status="connected")  # the same slug in ANOTHER org does not count
+    spec = local_spec()
+    spec["steps"][0]["tools"] = [
+        {"name": "lookup", "integration": "crm", "parameters": {"type": "object"}},
+        {"name": "find", "integration": "elsewhere", "parameters": {"type": "object"}},
+        {"name": "ghost", "integration": "ghost", "parameters": {"type": "object"}},
+    ]
+    agent, rev = agent_with_revision(org, "support", spec, deploy=False)
+    f.integration(org, "crm", status="connected")
+    client = api.as_user(editor)
+    item = _checks(client, rev.id)["integrations"]
+    assert item["status"] == "fail"
+    assert item["data"] == {"missing": ["elsewhere", "ghost"], "unusable": {}}
+    assert "elsewhere does not exist in this organization" in item["detail"]
+    refused = _deploy(client, rev.id)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "not_ready"
+    f.integration(org, "elsewhere", status="authorized")
+    f.integration(org, "ghost", status="disconnected")
+    assert _checks(client, rev.id)["integrations"]["data"] == {"missing": [], "unusable": {"ghost": "disconnected"}}
+    Integration.objects.filter(organization=org, slug="ghost").update(status="connected")
+    item = _checks(client, rev.id)["integrations"]
+    assert item["status"] == "pass" and item["detail"] == "All connected or authorized: crm, elsewhere, ghost."
+    assert _deploy(client, rev.id).status_code == 201
+
+
+def test_readiness_sub_agents_pinned_to_a_real_revision_or_deployed(org, editor, api):
+    helper, helper_v1 = agent_with_revision(org, "helper", deploy=False)
+    other_agent, other_rev = agent_with_revision(org, "other-agent", deploy=False)
+    client = api.as_user(editor)
+
+    def sub_agents_item(sub_agents):
+        spec = local_spec()
+        spec["steps"][0]["subAgents"] = sub_agents
+        support = Agent.objects.filter(organization=org, slug="support").first()
+        if support is None:
+            support, rev = agent_with_revision(org, "support", spec, deploy=False)
+        else:
+            rev = create_revision(actor=SYSTEM, agent=support, spec=spec)
+        return _checks(client, rev.id)["subAgents"]
+
+    # unpinned and not deployed
+    item = sub_agents_item([{"agent": "helper"}])
+    assert item["status"] == "fail" and item["detail"] == "helper is neither pinned nor deployed"
+    # pinned to a revision that does not exist, or that is another agent's
+    item = sub_agents_item([{"agent": "helper", "revisionId": "rev_doesnotexist"}])
+    assert item["status"] == "fail"
+    assert item["detail"] == "helper is pinned to rev_doesnotexist, which is not one of its revisions"
+    item = sub_agents_item([{"agent": "helper", "revisionId": other_rev.id}])
+    assert item["status"] == "fail" and "not one of its revisions" in item["detail"]
+    # a sub-agent that does not exist at all
+    assert sub_agents_item([{"agent": "nobody"}])["status"] == "fail"
+    # pinned to an existing revision of its own: pass (even though it is not deployed)
+    item = sub_agents_item([{"agent": "helper", "revisionId": helper_v1.id}])
+    assert item["status"] == "pass" and item["detail"] == f"helper pinned to {helper_v1.id}"
+    # unpinned but deployed: pass
+    services.deploy(actor=SYSTEM, agent=helper, revision_id=helper_v1.id)
+    item = sub_agents_item([{"agent": "helper"}])
+    assert item["status"] == "pass" and item["detail"] == f"helper deployed ({helper_v1.id})"
+
+
 def test_rollback_default_and_explicit_targets(org, agent_v1_v2, editor, api):
     agent, v1, v2 = agent_v1_v2
     client = api.as_user(editor)
@@ -134,6 +258,21 @@ def test_rollback_default_and_explicit_targets(org, agent_v1_v2, editor, api):
     _deploy(client, v2.id)
     never = client.post("/v1/acme/agents/support:rollback", {"revisionId": v3.id}, format="json")
     assert never.status_code == 409 and never.json()["error"]["code"] == "not_previously_deployed"
+    # another agent's revision in this org, even one that agent deployed: not this agent's history
+    billing, b1 = agent_with_revision(org, "billing", deploy=False)
+    services.deploy(actor=SYSTEM, agent=billing, revision_id=b1.id)
+    foreign = client.post("/v1/acme/agents/support:rollback", {"revisionId": b1.id}, format="json")
+    assert foreign.status_code == 409 and foreign.json()["error"]["code"] == "not_previously_deployed"
+    # another org's revision (deployed there) and an unknown id: resolved in this org only, 404, no leak
+    other = f.OrganizationFactory(slug="other")
+    elsewhere, e1 = agent_with_revision(other, "support", deploy=False)
+    services.deploy(actor=SYSTEM, agent=elsewhere, revision_id=e1.id)
+    for unknown in (e1.id, "rev_unknown"):
+        response = client.post("/v1/acme/agents/support:rollback", {"revisionId": unknown}, format="json")
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+        assert unknown not in response.json()["error"].get("details", {}).values()
+    assert Agent.objects.get(pk=agent.pk).deployed_revision_id == v2.id
+    assert Agent.objects.get(pk=elsewhere.pk).deployed_revision_id == e1.id
     back = client.post("/v1/acme/agents/support:rollback", {"reason": "errors up"}, format="json")
     assert back.status_code == 201 and back.json()["kind"] == "rollback" and back.json()["toRevisionId"] == v1.id
     assert Agent.objects.get(pk=agent.pk).deployed_revision_id == v1.id
@@ -217,34 +356,134 @@ def test_scheduled_rollout_applies_once_and_records_failures(org, agent_v1_v2, e
     assert scheduling.apply_due(now=later) == []
 
 
+def test_an_unexpected_error_fails_its_row_rolls_it_back_and_the_tick_goes_on(org, agent_v1_v2, editor, api,
+                                                                               monkeypatch):
+    agent, v1, v2 = agent_v1_v2
+    services.deploy(actor=SYSTEM, agent=agent, revision_id=v1.id)
+    billing, b1 = agent_with_revision(org, "billing", deploy=False)
+    soon = timezone.now() + timedelta(seconds=30)
+    broken = scheduling.schedule(actor=SYSTEM, agent=agent, revision_id=v2.id, run_at=soon)
+    fine = scheduling.schedule(actor=SYSTEM, agent=billing, revision_id=b1.id, run_at=soon + timedelta(seconds=1))
+    real_deploy = services.deploy
+
+    def deploy_then_crash(**kwargs):
+        deployment = real_deploy(**kwargs)  # the pointer moved, a Deployment row and an audit event written...
+        if kwargs["agent"].slug == "support":  # ...then something unforeseen breaks
+            raise RuntimeError("disk on fire near postgres://fruxon:hunter2@db/fruxon\nmore detail")
+        return deployment
+
+    monkeypatch.setattr(services, "deploy", deploy_then_crash)
+    later = timezone.now() + timedelta(minutes=1)
+    assert scheduling.apply_due(now=later) == [broken.pk, fine.pk]
+    body = api.as_user(editor).get(f"/v1/acme/agents/support/scheduled-deployments/{broken.pk}").json()
+    assert body["status"] == "failed" and body["failureCode"] == "internal_error" and body["deploymentId"] is None
+    assert body["failureReason"] == "RuntimeError: disk on fire near postgres://[redacted]@db/fruxon"
+    # its partial work is gone: pointer, history and audit as before
+    assert Agent.objects.get(pk=agent.pk).deployed_revision_id == v1.id
+    assert list(Deployment.objects.filter(agent=agent).values_list("to_revision_id", flat=True)) == [v1.id]
+    assert not AuditEvent.objects.filter(action="agent.scheduled", target_id="support").exists()
+    # and the row after it was applied by the same tick
+    fine.refresh_from_db()
+    assert fine.status == "done" and Agent.objects.get(pk=billing.pk).deployed_revision_id == b1.id
+    assert scheduling.apply_due(now=later) == []
+
+
+def test_a_schedule_deploys_as_its_creator_rechecked_when_it_runs(org, agent_v1_v2, editor, api):
+    agent, v1, v2 = agent_v1_v2
+    soon = (timezone.now() + timedelta(seconds=30)).isoformat()
+    later = timezone.now() + timedelta(minutes=1)
+    url = "/v1/acme/agents/support/scheduled-deployments"
+    # an API key's schedule runs as that key, not as "system"
+    key, plaintext = f.api_key(org, scopes=["revisions:deploy", "revisions:read"])
+    created = api.as_key(plaintext).post(url, {"revisionId": v1.id, "runAt": soon}, format="json").json()
+    assert created["createdBy"] == f"key:{key.prefix}"
+    assert scheduling.apply_due(now=later) == [created["id"]]
+    deployment = Deployment.objects.get(agent=agent)
+    assert deployment.kind == "scheduled" and deployment.actor_label == f"key:{key.prefix}"
+    assert AuditEvent.objects.get(action="agent.scheduled").actor_label == f"key:{key.prefix}"
+    # a creator who lost the editor role by then: failed, nothing deployed
+    by_eddie = api.as_user(editor).post(url, {"revisionId": v2.id, "runAt": soon}, format="json").json()
+    Membership.objects.filter(organization=org, user=editor).update(role="viewer")
+    scheduling.apply_due(now=later)
+    row = ScheduledDeployment.objects.get(pk=by_eddie["id"])
+    assert row.status == "failed" and row.failure_code == "creator_not_allowed"
+    assert row.failure_reason.startswith("creator no longer allowed: user:eddie is viewer on agent 'support'")
+    assert Agent.objects.get(pk=agent.pk).deployed_revision_id == v1.id
+    # a key revoked (or one that lost the scope) by then: failed too
+    by_key = api.as_key(plaintext).post(url, {"revisionId": v2.id, "runAt": soon}, format="json").json()
+    revoke_key(actor=SYSTEM, organization=org, key_id=key.pk)
+    scheduling.apply_due(now=later)
+    row = ScheduledDeployment.objects.get(pk=by_key["id"])
+    assert row.status == "failed" and row.failure_reason.startswith("creator no longer allowed: key:")
+    assert Deployment.objects.filter(agent=agent).count() == 1
+    # a creator promoted back in time may deploy; a per-agent grant counts like the role it gives
+    Membership.objects.filter(organization=org, user=editor).update(role="editor")
+    set_grant(actor=SYSTEM, agent=agent, username="eddie", role="viewer")
+    again = api.as_user(editor).post(url, {"revisionId": v2.id, "runAt": soon}, format="json")
+    assert again.status_code == 403  # the grant lowers eddie to viewer on this agent
+    remove_grant(actor=SYSTEM, agent=agent, username="eddie")
+    again = api.as_user(editor).post(url, {"revisionId": v2.id, "runAt": soon}, format="json").json()
+    set_grant(actor=SYSTEM, agent=agent, username="eddie", role="viewer")
+    scheduling.apply_due(now=later)
+    assert ScheduledDeployment.objects.get(pk=again["id"]).failure_code == "creator_not_allowed"
+    remove_grant(actor=SYSTEM, agent=agent, username="eddie")
+    last = api.as_user(editor).post(url, {"revisionId": v2.id, "runAt": soon}, format="json").json()
+    scheduling.apply_due(now=later)
+    assert ScheduledDeployment.objects.get(pk=last["id"]).status == "done"
+    assert Deployment.objects.filter(agent=agent).latest("at").actor_label == "user:eddie"
+
+
 @pytest.mark.django_db(transaction=True)
-def test_two_racing_ticks_apply_a_due_deployment_once():
+def test_two_racing_ticks_apply_a_due_deployment_once(monkeypatch):
+    """The first tick is held inside its transaction (claim taken, deploy not done); a second tick
+    meanwhile finds no work at once (skip_locked, never waiting on the lock); then the first finishes."""
+    assert connection.vendor == "postgresql", "the race is about PostgreSQL row locks"
     org = f.OrganizationFactory(slug="acme")
     agent, v1 = agent_with_revision(org, "support", deploy=False)
-    rows = [scheduling.schedule(actor=SYSTEM, agent=agent, revision_id=v1.id,
-                                run_at=timezone.now() + timedelta(seconds=1))]
+    row = scheduling.schedule(actor=SYSTEM, agent=agent, revision_id=v1.id, run_at=timezone.now() + timedelta(seconds=1))
     later = timezone.now() + timedelta(minutes=1)
-    barrier = threading.Barrier(2)
-    results, errors = [], []
+    real_deploy = services.deploy
+    inside, release = threading.Event(), threading.Event()
+    calls = []
 
-    def tick():
+    def held_deploy(**kwargs):
+        calls.append(threading.current_thread().name)
+        inside.set()
+        assert release.wait(30), "never released"
+        return real_deploy(**kwargs)
+
+    monkeypatch.setattr(services, "deploy", held_deploy)
+    results: dict[str, list] = {}
+    errors = []
+
+    def tick(name):
         try:
-            barrier.wait()
-            results.append(scheduling.apply_due(now=later))
-        except OperationalError as exc:
+            results[name] = scheduling.apply_due(now=later)
+        except Exception as exc:  # surfaced by the asserts below
             errors.append(exc)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=tick) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors and sorted(len(r) for r in results) == [0, 1]
+    first = threading.Thread(target=tick, args=("first",), name="first")
+    first.start()
+    try:
+        assert inside.wait(20), "the first tick never reached the deploy"
+        second = threading.Thread(target=tick, args=("second",), name="second")
+        started = time.monotonic()
+        second.start()
+        second.join(timeout=10)
+        assert not second.is_alive(), "the second tick blocked on the first one's lock"
+        assert time.monotonic() - started < 5
+        assert results["second"] == [] and not errors
+        assert not Deployment.objects.exists()  # the first one has not committed yet
+    finally:
+        release.set()
+        first.join(timeout=30)
+    assert not errors and results["first"] == [row.pk] and calls == ["first"]
     assert Deployment.objects.filter(agent=agent).count() == 1
-    rows[0].refresh_from_db()
-    assert rows[0].status == "done"
+    row.refresh_from_db()
+    assert row.status == "done" and row.deployment_id == Deployment.objects.get().pk
+    assert scheduling.apply_due(now=later) == []
 
 
 def test_shadow_mode_runs_candidate_after_live(org, owner, editor, api, django_capture_on_commit_callbacks):
@@ -319,3 +558,143 @@ def test_shadow_candidate_refusing_the_live_input_is_recorded(org, editor, api, 
     body = client.get("/v1/acme/agents/support/shadow/results").json()
     assert body["summary"]["count"] == 1 and body["summary"]["shadowErrorRate"] == 1.0
     assert body["results"][0]["shadowRunId"] is None and "input" in body["results"][0]["error"]
+
+
+def _priced(org, agent):
+    """Every fruxon-local call of ``agent`` costs something (1 cent per 1,000 tokens)."""
+    set_overrides(actor=SYSTEM, organization=org, agent=agent, rows=[{
+        "provider": "fruxon-local", "model": "*", "inputPerMillion": Decimal("10000"),
+        "outputPerMillion": Decimal("10000")}])
+
+
+def _spent(agent) -> Decimal:
+    return Decimal(budgets.status(Budget.objects.get(agent=agent))["spentUsd"])
+
+
+def test_shadow_runs_count_against_the_budget_and_run_once_per_live_run(org):
+    agent, v1 = agent_with_revision(org, "support", local_spec("live answer with some words", latency_ms=5))
+    candidate = create_revision(actor=SYSTEM, agent=agent, spec=local_spec("a longer shadow answer with more words"))
+    _priced(org, agent)
+    budgets.put_budget(actor=SYSTEM, agent=agent, period="month", amount_usd=Decimal("50"), enforce=True,
+                       alert_thresholds=[], alert_webhook="", alert_emails=[])
+    agent = Agent.objects.select_related("budget").get(pk=agent.pk)
+    live = run_once(agent)
+    assert live.cost_usd > 0 and _spent(agent) == live.cost_usd
+    result = run_shadow.apply(args=[live.id, candidate.id]).get()
+    shadow_run = ShadowResult.objects.get(pk=result).shadow_run
+    assert shadow_run.source == "shadow" and shadow_run.cost_usd > 0
+    assert _spent(agent) == live.cost_usd + shadow_run.cost_usd
+    # a redelivered task (acks_late) for the same live run: nothing runs, nothing is charged
+    assert run_shadow.apply(args=[live.id, candidate.id]).get() is None
+    assert Run.objects.filter(source="shadow").count() == 1 and ShadowResult.objects.count() == 1
+    assert _spent(agent) == live.cost_usd + shadow_run.cost_usd
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_shadow_task_while_the_first_runs_does_not_run_the_candidate_again():
+    """Two deliveries of one shadow task overlap: the second finds the first's claim and returns."""
+    from agents.engine.testing import StubReply, start_json_server
+
+    arrived, release = threading.Event(), threading.Event()
+    hits = []
+
+    def lookup(request):  # a read-only tool: shadow runs do call it; the first call waits for the test
+        hits.append(request.path)
+        if len(hits) == 1:
+            arrived.set()
+            release.wait(20)
+        return StubReply(200, {"found": True})
+
+    url, server = start_json_server(lookup)
+    org = f.OrganizationFactory(slug="acme")
+    try:
+        f.integration(org, "catalog", config={"baseUrl": url, "headers": {}})
+        agent, v1 = agent_with_revision(org, "support", local_spec("live"))
+        spec = local_spec("shadow")
+        spec["steps"][0]["tools"] = [{"name": "lookup", "integration": "catalog", "parameters": {"type": "object"}}]
+        spec["steps"][0]["model"]["script"] = [{"reply": "", "toolCalls": [{"name": "lookup", "arguments": {}}]},
+                                               {"reply": "shadow"}]
+        candidate = create_revision(actor=SYSTEM, agent=agent, spec=spec)
+        _priced(org, agent)
+        budgets.put_budget(actor=SYSTEM, agent=agent, period="month", amount_usd=Decimal("50"), enforce=False,
+                           alert_thresholds=[], alert_webhook="", alert_emails=[])
+        live = run_once(Agent.objects.get(pk=agent.pk))
+        outcomes = {}
+
+        def deliver(name):
+            try:
+                outcomes[name] = run_shadow.apply(args=[live.id, candidate.id]).get()
+            finally:
+                connection.close()
+
+        first = threading.Thread(target=deliver, args=("first",))
+        first.start()
+        try:
+            assert arrived.wait(20), "the first delivery never reached the candidate's tool call"
+            second = threading.Thread(target=deliver, args=("second",))
+            second.start()
+            second.join(timeout=15)
+            assert not second.is_alive() and outcomes["second"] is None
+        finally:
+            release.set()
+            first.join(timeout=30)
+    finally:
+        server.close()
+    assert outcomes["first"] is not None and hits == ["/lookup"]
+    assert Run.objects.filter(source="shadow").count() == 1 and ShadowResult.objects.count() == 1
+    shadow_run = Run.objects.get(source="shadow")
+    assert ShadowResult.objects.get().shadow_run_id == shadow_run.id and shadow_run.output == "shadow"
+    assert _spent(agent) == live.cost_usd + shadow_run.cost_usd
+
+
+def test_shadow_agreement_scored_by_the_gating_metrics(org, editor, viewer, api, django_capture_on_commit_callbacks):
+    agent, v1 = agent_with_revision(org, "support", local_spec("the parcel ships {{input.question}}"))
+    candidate = create_revision(actor=SYSTEM, agent=agent, spec=local_spec("Sure: The parcel ships MONDAY."))
+    dataset = datasets.create_dataset(actor=SYSTEM, organization=org, slug="golden", pass_threshold=0.9, metrics=[
+        {"type": "contains"}, {"type": "latencyCeiling", "maxMs": 60000}])
+    agent_services.update_agent(actor=SYSTEM, agent=agent, changes={"gating_dataset": dataset})
+    client = api.as_user(editor)
+    client.put("/v1/acme/agents/support/shadow", {"revisionId": candidate.id, "sampleRate": 1.0}, format="json")
+    for question in ("monday", "friday"):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert client.post("/v1/acme/agents/support:execute", {"input": {"question": question}},
+                               format="json").status_code == 200
+    body = api.as_user(viewer).get("/v1/acme/agents/support/shadow/results").json()
+    friday, monday = body["results"]  # newest first
+    assert monday["liveOutput"] == "the parcel ships monday" and monday["outputsEqual"] is False
+    assert [(m["type"], m["score"], m["passed"]) for m in monday["metrics"]] == [
+        ("contains", 1.0, True), ("latencyCeiling", 1.0, True)]
+    assert monday["agreement"] == 1.0 and monday["agreed"] is True and monday["agreementBasis"] == "metrics"
+    assert [(m["type"], m["score"], m["passed"]) for m in friday["metrics"]] == [
+        ("contains", 0.0, False), ("latencyCeiling", 1.0, True)]
+    assert friday["agreement"] == 0.5 and friday["agreed"] is False
+    summary = body["summary"]
+    assert summary["count"] == 2 and summary["agreementRate"] == 0.5 and summary["outputsEqualRate"] == 0.0
+    assert summary["metricScored"] == 2 and summary["meanAgreement"] == 0.75
+    assert summary["metrics"] == [
+        {"metric": "contains", "type": "contains", "count": 2, "meanScore": 0.5, "passRate": 0.5},
+        {"metric": "latencyCeiling", "type": "latencyCeiling", "count": 2, "meanScore": 1.0, "passRate": 1.0}]
+    # without gating metrics, agreement is output equality
+    agent_services.update_agent(actor=SYSTEM, agent=agent, changes={"gating_dataset": None})
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/v1/acme/agents/support:execute", {"input": {"question": "x"}}, format="json")
+    newest = api.as_user(viewer).get("/v1/acme/agents/support/shadow/results").json()["results"][0]
+    assert newest["metrics"] == [] and newest["agreement"] is None and newest["agreementBasis"] == "outputsEqual"
+    assert newest["agreed"] is False
+
+
+def test_shadow_results_shape_is_in_the_openapi_schema(api, owner_client):
+    schema = api.anonymous().get("/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    document = schema.json() if schema["Content-Type"].endswith("json") else __import__("yaml").safe_load(schema.content)
+    components = document["components"]["schemas"]
+    result = components["ShadowResult"]["properties"]
+    assert {"metrics", "agreement", "agreed", "agreementBasis", "outputsEqual", "similarity"} <= set(result)
+    assert components["ShadowMetricScore"]["properties"].keys() >= {"type", "score", "passed"}
+    path = next(v for p, v in document["paths"].items() if p.endswith("/shadow/results"))
+    ref = path["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    page = components[ref.rsplit("/", 1)[1]]["properties"]
+    assert {"results", "summary", "next"} <= set(page)
+    summary_ref = page["summary"].get("$ref") or page["summary"]["allOf"][0]["$ref"]
+    summary = components[summary_ref.rsplit("/", 1)[1]]["properties"]
+    assert {"agreementRate", "meanAgreement", "metrics", "outputsEqualRate"} <= set(summary)

@@ -1,6 +1,7 @@
 """Request and response shapes for deployments, schedules and shadow mode."""
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from fruxon.api.serializers import StrictSerializer
@@ -104,6 +105,14 @@ class ShadowConfigOut(serializers.Serializer):
     updatedAt = serializers.DateTimeField()
 
 
+class ShadowMetricScore(serializers.Serializer):
+    type = serializers.CharField(allow_null=True, help_text="the metric's type, e.g. exact, contains, llmJudge")
+    metric = serializers.CharField(help_text="the metric's name (its config name, or its type)")
+    score = serializers.FloatField(help_text="0..1")
+    passed = serializers.BooleanField()
+    reason = serializers.CharField()
+
+
 class ShadowResultSerializer(serializers.ModelSerializer):
     liveRunId = serializers.CharField(source="live_run_id")
     shadowRunId = serializers.CharField(source="shadow_run_id", allow_null=True)
@@ -112,6 +121,13 @@ class ShadowResultSerializer(serializers.ModelSerializer):
     shadowOutput = serializers.JSONField(source="shadow_run.output", default=None)
     shadowStatus = serializers.CharField(source="shadow_run.status", default=None)
     outputsEqual = serializers.BooleanField(source="outputs_equal")
+    metrics = ShadowMetricScore(source="metric_scores", many=True, help_text=(
+        "the agent's gating-dataset metrics scoring the shadow output with the live output as the expected value; "
+        "empty without gating metrics"))
+    agreement = serializers.FloatField(allow_null=True, help_text="mean metric score 0..1; null when no metric scored")
+    agreed = serializers.BooleanField(help_text=(
+        "every metric passed and the mean reaches the dataset's passThreshold; without metrics, outputsEqual"))
+    agreementBasis = serializers.SerializerMethodField()
     costDeltaUsd = serializers.DecimalField(source="cost_delta_usd", max_digits=18, decimal_places=8)
     latencyDeltaMs = serializers.IntegerField(source="latency_delta_ms")
     createdAt = serializers.DateTimeField(source="created_at")
@@ -119,7 +135,41 @@ class ShadowResultSerializer(serializers.ModelSerializer):
     class Meta:
         model = ShadowResult
         fields = ["id", "liveRunId", "shadowRunId", "candidateRevisionId", "liveOutput", "shadowOutput", "shadowStatus",
-                  "outputsEqual", "similarity", "costDeltaUsd", "latencyDeltaMs", "error", "createdAt"]
+                  "outputsEqual", "similarity", "metrics", "agreement", "agreed", "agreementBasis", "costDeltaUsd",
+                  "latencyDeltaMs", "error", "createdAt"]
+
+    @extend_schema_field(serializers.ChoiceField(choices=["metrics", "outputsEqual"]))
+    def get_agreementBasis(self, result: ShadowResult) -> str:
+        return "metrics" if result.agreement is not None else "outputsEqual"
+
+
+class ShadowMetricSummary(serializers.Serializer):
+    metric = serializers.CharField()
+    type = serializers.CharField(allow_null=True)
+    count = serializers.IntegerField()
+    meanScore = serializers.FloatField()
+    passRate = serializers.FloatField()
+
+
+class ShadowSummary(serializers.Serializer):
+    count = serializers.IntegerField()
+    agreementRate = serializers.FloatField(allow_null=True, help_text="fraction of pairs that agreed (see agreed)")
+    outputsEqualRate = serializers.FloatField(allow_null=True)
+    metricScored = serializers.IntegerField(help_text="pairs scored by the gating dataset's metrics")
+    meanAgreement = serializers.FloatField(allow_null=True, help_text="mean agreement of the metric-scored pairs")
+    metrics = ShadowMetricSummary(many=True)
+    meanSimilarity = serializers.FloatField(allow_null=True)
+    shadowErrorRate = serializers.FloatField(allow_null=True)
+    meanCostDeltaUsd = serializers.CharField(allow_null=True)
+    meanLatencyDeltaMs = serializers.FloatField(allow_null=True)
+
+
+@extend_schema_serializer(many=False)  # already the whole page: not to be wrapped in the paginator again
+class ShadowResultsPage(serializers.Serializer):
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = ShadowResultSerializer(many=True)
+    summary = ShadowSummary(help_text="over every result matching the filter, not only this page")
 
 
 class DeployPolicySerializer(StrictSerializer):

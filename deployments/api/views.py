@@ -18,6 +18,9 @@ from ..models import Deployment, DeployPolicy, ScheduledDeployment, ShadowConfig
 from . import serializers as s
 
 READ = Access(VIEWER, "revisions:read")
+# Scheduled deployments and the shadow configuration are deploy operations: API.md gives every
+# method of them to editors, reads included (as evaluations' evaluation-schedule does).
+EDITOR_READ = Access(EDITOR, "revisions:read")
 DEPLOY = Access(EDITOR, "revisions:deploy")
 
 
@@ -101,7 +104,7 @@ class ScheduledDeploymentViewSet(OrgScopedViewSet):
     lookup_url_kwarg = "schedule"
     lookup_field = "pk"
     ordering = ("-run_at", "-id")
-    access = {"GET": READ, "POST": DEPLOY}
+    access = {"GET": EDITOR_READ, "POST": DEPLOY}
 
     def refine_queryset(self, queryset):
         return queryset.filter(agent=self.agent)
@@ -126,7 +129,7 @@ class ScheduledDeploymentViewSet(OrgScopedViewSet):
 
 
 class ShadowView(OrgScopedAPIView):
-    access = {"GET": READ, "PUT": DEPLOY, "DELETE": DEPLOY}
+    access = {"GET": EDITOR_READ, "PUT": DEPLOY, "DELETE": DEPLOY}
 
     def _body(self, config: ShadowConfig) -> dict:
         return {"revisionId": config.revision_id, "sampleRate": config.sample_rate,
@@ -164,7 +167,8 @@ class ShadowResultViewSet(OrgScopedViewSet):
             queryset = queryset.filter(candidate_revision_id=revision)
         return queryset
 
-    @extend_schema(parameters=[OpenApiParameter("revisionId", str, description="only this candidate")])
+    @extend_schema(parameters=[OpenApiParameter("revisionId", str, description="only this candidate")],
+                   responses=s.ShadowResultsPage)
     def list(self, request, tenant, agent):
         queryset = self.get_queryset()
         response = self.paginated_response(queryset)
