@@ -224,6 +224,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "fruxon.api.pagination.CursorPagination",
+    "DEFAULT_METADATA_CLASS": "fruxon.api.metadata.Metadata",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "fruxon.api.errors.exception_handler",
     # Errors about the body as a whole (not one field) are reported under details.fields.body.

@@ -27,7 +27,8 @@ urlpatterns = [
     path("v1/", include(orgs_urls.principal_urls)),
     path("v1/<name:tenant>/", include(tenant_urls)),
     # csrf_exempt: an unknown route is a 404 for every method, not a CSRF refusal (it changes nothing).
-    re_path(r"^.*$", csrf_exempt(errors.handler404), name="not-found"),
+    # [\s\S], not ".": a path holding a newline (%0A) is an unknown route too, not Django's HTML debug 404.
+    re_path(r"^[\s\S]*$", csrf_exempt(errors.handler404), name="not-found"),
 ]
 
 handler400 = errors.handler400

@@ -88,3 +88,16 @@ def test_body_level_errors_are_named_body(org, owner_client):
 def test_debug_500_names_the_exception_class_but_not_its_text(org, owner_client):
     body = _shape(owner_client.get("/v1/acme/boom"), 500, "internal_error")
     assert "RuntimeError" in body["error"]["message"] and "hunter2" not in str(body)
+
+
+def test_a_path_with_a_newline_is_a_json_404_in_debug_too(client):
+    with override_settings(DEBUG=True):
+        _shape(client.get("/v1/acme/datasets/%0Ax/cases/-650"), 404, "not_found")
+
+
+def test_options_describes_without_probing_objects(org, owner_client):
+    from .builders import agent_with_revision
+
+    agent_with_revision(org, "support")
+    response = owner_client.options("/v1/acme/agents/support/grants/nobody")
+    assert response.status_code == 200 and response.json()["name"]

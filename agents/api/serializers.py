@@ -94,6 +94,12 @@ class GrantSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=GRANT_ROLES)
 
 
+class GrantList(serializers.Serializer):
+    results = GrantSerializer(many=True)
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+
+
 class GrantPut(StrictSerializer):
     role = serializers.ChoiceField(choices=GRANT_ROLES)
 

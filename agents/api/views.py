@@ -129,14 +129,18 @@ class GrantViewSet(OrgScopedViewSet):
     """Per-agent collaborators; an org owner or the agent's admins manage them."""
 
     serializer_class = s.GrantSerializer
+    # One page holds every grant of the agent (members of one org): no cursor, no limit.
+    pagination_class = None
     access = {
         "GET": Access(ADMIN, "members:read"),
         "PUT": Access(ADMIN, "members:write"),
         "DELETE": Access(ADMIN, "members:write"),
     }
 
-    @extend_schema(responses=s.GrantSerializer(many=True))
-    def list(self, request, tenant, agent):
+    # Not DRF's "list" action: one unpaginated page, described as the object it is.
+    @extend_schema(operation_id="agents_grants_list", responses=s.GrantList,
+                   description="Every grant on the agent, in one page (`next` is always null).")
+    def list_all(self, request, tenant, agent):
         rows = [{"user": user.username, "role": role} for user, role in grants.list_grants(agent=self.agent)]
         return Response({"results": rows, "next": None, "previous": None})
 

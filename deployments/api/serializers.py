@@ -118,8 +118,8 @@ class ShadowResultSerializer(serializers.ModelSerializer):
     shadowRunId = serializers.CharField(source="shadow_run_id", allow_null=True)
     candidateRevisionId = serializers.CharField(source="candidate_revision_id")
     liveOutput = serializers.JSONField(source="live_run.output")
-    shadowOutput = serializers.JSONField(source="shadow_run.output", default=None)
-    shadowStatus = serializers.CharField(source="shadow_run.status", default=None)
+    shadowOutput = serializers.JSONField(source="shadow_run.output", default=None, allow_null=True)
+    shadowStatus = serializers.CharField(source="shadow_run.status", default=None, allow_null=True)
     outputsEqual = serializers.BooleanField(source="outputs_equal")
     metrics = ShadowMetricScore(source="metric_scores", many=True, help_text=(
         "the agent's gating-dataset metrics scoring the shadow output with the live output as the expected value; "

@@ -50,6 +50,7 @@ _COMMON_ERRORS = {
     "404": "not_found: unknown org, not a member, unknown object, or another org's object",
     "405": "method_not_allowed",
 }
+# Operations anyone may call: no 403 (a bad API key or token sent along is still a 401).
 _ANONYMOUS = {("/v1/auth/token", "post")}
 _METHODS = ("get", "put", "post", "patch", "delete")
 
@@ -59,25 +60,49 @@ def _error_response(description: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+def _accept_numbers_for_decimals(schemas: dict) -> None:
+    """Request bodies take money and other decimals as a string ("50.00") or a JSON number (50):
+    DRF's DecimalField parses both; answers always carry strings."""
+    for name, component in schemas.items():
+        if not name.endswith("Request"):
+            continue
+        for prop, spec in (component.get("properties") or {}).items():
+            if spec.get("type") == "string" and spec.get("format") == "decimal":
+                number = {"type": "number"}
+                for bound in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                    if bound in spec:
+                        number[bound] = spec[bound]
+                text = {k: v for k, v in spec.items() if k not in {"nullable", "description"}}
+                component["properties"][prop] = {"oneOf": [text, number],
+                                                 **({"description": spec["description"]} if "description" in spec else {}),
+                                                 **({"nullable": True} if spec.get("nullable") else {})}
+
+
 def add_error_responses(result, generator, request, public):
     """POSTPROCESSING_HOOK: the Error component and the errors any operation can answer.
+
+    It also marks every filter parameter ``allowEmptyValue`` (an empty filter means none).
 
     An operation's own declared error responses (409 not_ready, 429 budget_exceeded, ...) are
     kept; their bodies are pointed at the Error component when they declared none.
     """
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    _accept_numbers_for_decimals(result["components"]["schemas"])
     for path, item in result.get("paths", {}).items():
         for method in _METHODS:
             operation = item.get(method)
             if operation is None:
                 continue
+            for parameter in operation.get("parameters", []):
+                # Filters follow one convention: ?agent= (empty) means "no filter", as if absent.
+                if parameter.get("in") == "query" and parameter.get("name") not in {"cursor", "limit"}:
+                    parameter["allowEmptyValue"] = True
             responses = operation.setdefault("responses", {})
             for status, response in responses.items():
                 if status.startswith(("4", "5")) and "content" not in response:
                     response["content"] = _error_response("")["content"]
             wanted = dict(_COMMON_ERRORS)
             if (path, method) in _ANONYMOUS:
-                wanted.pop("401")
                 wanted.pop("403")
             if "{tenant}" not in path and "{" not in path and method == "get":
                 wanted.pop("404")

@@ -74,11 +74,11 @@ class MemberUpdate(StrictSerializer):
 # --- API keys ------------------------------------------------------------------------------
 class ApiKeySerializer(serializers.ModelSerializer):
     createdAt = serializers.DateTimeField(source="created_at")
-    expiresAt = serializers.DateTimeField(source="expires_at")
-    revokedAt = serializers.DateTimeField(source="revoked_at")
-    lastUsedAt = serializers.DateTimeField(source="last_used_at")
-    createdBy = serializers.CharField(source="created_by.username", default=None)
-    rotatedFromId = serializers.IntegerField(source="rotated_from_id")
+    expiresAt = serializers.DateTimeField(source="expires_at", allow_null=True)
+    revokedAt = serializers.DateTimeField(source="revoked_at", allow_null=True)
+    lastUsedAt = serializers.DateTimeField(source="last_used_at", allow_null=True)
+    createdBy = serializers.CharField(source="created_by.username", default=None, allow_null=True)
+    rotatedFromId = serializers.IntegerField(source="rotated_from_id", allow_null=True)
     active = serializers.SerializerMethodField()
 
     class Meta:
@@ -131,7 +131,7 @@ class SecretSerializer(serializers.ModelSerializer):
     version = serializers.IntegerField(source="current_version")
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
-    updatedBy = serializers.CharField(source="updated_by.username", default=None)
+    updatedBy = serializers.CharField(source="updated_by.username", default=None, allow_null=True)
 
     class Meta:
         model = Secret

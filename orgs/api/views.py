@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from django.db.models import Q
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
@@ -40,7 +40,11 @@ class AuthTokenView(PrincipalAPIView):
 
         return [ScopedRateThrottle()] if self.request.method == "POST" else []
 
-    @extend_schema(request=s.TokenRequest, responses={201: s.TokenResponse}, auth=[])
+    @extend_schema(request=s.TokenRequest, auth=[], responses={
+        201: s.TokenResponse,
+        401: OpenApiResponse(description="unauthenticated: wrong username or password"),
+        429: OpenApiResponse(description="rate_limited: too many attempts (20 a minute per client); see Retry-After"),
+    })
     def post(self, request):
         data = validated(s.TokenRequest, request.data)
         token, plaintext = tokens.issue_token(username=data["username"], password=data["password"], request=request)
