@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install Fruxon with its test extra into .venv, make sure PostgreSQL and Redis
-# are up, and run the whole suite on PostgreSQL. Extra arguments go to pytest.
+# are up (and Debian's chromium is installed), and run the whole suite on
+# PostgreSQL. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -19,6 +20,12 @@ if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
   for _ in $(seq 30); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 1; done
+fi
+
+# The admin's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+if [ -z "${FRUXON_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Debian's chromium for the admin's browser tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/fruxon}"
