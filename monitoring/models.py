@@ -176,9 +176,24 @@ class Alert(TenantModel):
 
 
 class BudgetPeriod(TenantModel):
-    """The database ledger's row for one agent and one budget period (units of 1e-8 USD).
+    """The durable spend of one agent in one budget period (units of 1e-8 USD), whichever ledger runs.
 
-    Keyed by agent, not by Budget: deleting a budget removes enforcement, not this history.
+    Keyed by agent, not by Budget: deleting a budget removes enforcement, not this
+    history. Nothing deletes these rows but their agent's deletion; retention
+    deletes runs, not periods.
+
+    * ``spent_units``: with the database ledger, the ledger itself (settled
+      spend, moved by ``settle``); with the Redis ledger, the high-water mark
+      of the Redis total, checkpointed by reconciliation. Seeded from the
+      recorded runs when the row is created.
+    * ``reserved_units``: the database ledger's open reservations.
+    * ``deleted_units``: the cost of the period's runs that were deleted
+      (retention, ``monitoring.services.delete_run``), added in the deleting
+      transaction: the spend the remaining runs no longer show.
+
+    ``monitoring.ledger.spend.durable_spent_units`` is the floor a ledger is
+    seeded and reconciled from: ``max(spent_units, cost of the runs still
+    recorded + deleted_units)``.
     """
 
     agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="budget_periods")
@@ -186,6 +201,7 @@ class BudgetPeriod(TenantModel):
     period_start = models.DateTimeField()
     spent_units = models.BigIntegerField(default=0)
     reserved_units = models.BigIntegerField(default=0)
+    deleted_units = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["agent", "period", "period_start"], name="uniq_budget_period")]

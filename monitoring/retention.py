@@ -17,6 +17,12 @@ runs. Per organization, with ``cutoff = now - retention_days``:
 Each delete re-applies the conditions to the claimed ids, so a row that
 stopped matching (pinned, or given a run) in between is kept.
 
+Deleting runs never deletes what they cost: each run batch adds the cost of
+the runs it deletes to their budget periods' ``deleted_units``
+(``monitoring.ledger.spend``) in the same transaction, so a monthly budget
+with a 7-day retention still counts the whole month's spend. The increment
+comes last, so the batch holds the period rows' locks only until it commits.
+
 Deleting is idempotent: a crashed purge leaves whole batches done or undone,
 and the next one carries on.
 """
@@ -30,18 +36,25 @@ from django.utils import timezone
 
 from orgs.models import Organization
 
+from .ledger import spend
 from .models import Conversation, Run
 
 
-def _delete_batches(queryset, batch_size: int) -> int:
-    """Delete ``queryset``'s rows, ``batch_size`` at a time, each batch claimed and deleted in one transaction."""
+def _delete_batches(queryset, batch_size: int, *, count_spend: bool = False) -> int:
+    """Delete ``queryset``'s rows, ``batch_size`` at a time, each batch claimed and deleted in one transaction.
+
+    ``count_spend`` (runs): the batch's cost goes to its budget periods' ``deleted_units`` first.
+    """
     label, deleted = queryset.model._meta.label, 0
     while True:
         with transaction.atomic():
             ids = list(queryset.order_by().select_for_update(skip_locked=True).values_list("pk", flat=True)[:batch_size])
             if ids:
-                _, per_model = queryset.filter(pk__in=ids).only("pk").delete()
+                doomed = queryset.filter(pk__in=ids)
+                totals = spend.deleted_totals(doomed) if count_spend else {}
+                _, per_model = doomed.only("pk").delete()
                 deleted += per_model.get(label, 0)
+                spend.add_deleted(totals)
         if len(ids) < batch_size:
             return deleted
 
@@ -52,7 +65,7 @@ def purge_organization(*, organization_id: int, cutoff: dt.datetime, batch_size:
     Returns the number of runs deleted.
     """
     runs = Run.objects.filter(organization_id=organization_id, created_at__lt=cutoff, pinned=False)
-    deleted = _delete_batches(runs, batch_size)
+    deleted = _delete_batches(runs, batch_size, count_spend=True)
     empty = (Conversation.objects.filter(organization_id=organization_id, updated_at__lt=cutoff)
              .filter(~Exists(Run.objects.filter(conversation_id=OuterRef("pk")))))
     _delete_batches(empty, batch_size)

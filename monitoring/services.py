@@ -13,6 +13,7 @@ from fruxon.errors import NotFound
 from orgs.actor import Actor
 from orgs.services import audit
 
+from .ledger import spend
 from .models import Run
 
 
@@ -41,8 +42,14 @@ def set_pinned(*, actor: Actor, run: Run, pinned: bool = True) -> Run:
 
 
 def delete_run(*, actor: Actor, run: Run) -> None:
-    """Delete one run with its spans, in a transaction, with an AuditEvent (``run.deleted``)."""
+    """Delete one run with its spans, in a transaction, with an AuditEvent (``run.deleted``).
+
+    What the run cost stays in its budget periods (``deleted_units``, see
+    ``monitoring.ledger.spend``): deleting the evidence does not refund the spend.
+    """
     with transaction.atomic():
         audit.record(organization=run.organization, actor=actor, action="run.deleted", target_type="run",
                      target_id=run.pk, data=_audit_data(run))
+        totals = spend.deleted_totals([run.pk])
         run.delete()
+        spend.add_deleted(totals)

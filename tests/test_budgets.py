@@ -1,4 +1,4 @@
-"""Budgets: the API, hard caps with both ledgers, fail-closed, threshold alerts, housekeeping."""
+"""Budgets: the API, hard caps with both ledgers, a run stopped mid-way, fail-closed, threshold alerts, housekeeping."""
 from __future__ import annotations
 
 import hashlib
@@ -10,16 +10,20 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
+from fruxon.errors import InvalidRequest
 from monitoring import budgets
-from monitoring.ledger import BudgetState, ledger, to_units
+from monitoring.ledger import BudgetState, from_units, ledger, to_units
 from monitoring.models import Alert, Budget, BudgetReservation, Run
+from orgs.actor import Actor
+from orgs.models import AuditEvent
 from monitoring.pricing import set_overrides
 
 from . import factories as f
-from .builders import SYSTEM, agent_with_revision, local_spec
+from .builders import SYSTEM, agent_with_revision, local_spec, run_once
 
 REDIS_URL = __import__("os").environ.get("FRUXON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 LEDGERS = [pytest.param({"FRUXON_LEDGER": "database"}, id="database"),
@@ -33,15 +37,33 @@ def _clean_redis():
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
-def priced_agent(org, slug="support", reply="0123456789012345678901234567890123456789"):
-    """An agent whose every run costs the same: 1 cent per 1,000 tokens in and out."""
-    spec = local_spec(reply, prompt="fixed prompt")
-    spec["steps"][0]["model"]["maxTokens"] = 10
-    agent, revision = agent_with_revision(org, slug, spec)
+def price(org, agent):
+    """1 cent per token in and out for ``fruxon-local`` on ``agent``."""
     set_overrides(actor=SYSTEM, organization=org, agent=agent, rows=[{
         "provider": "fruxon-local", "model": "*", "inputPerMillion": Decimal("10000"),
         "outputPerMillion": Decimal("10000")}])
+
+
+def priced_agent(org, slug="support", reply="0123456789012345678901234567890123456789", latency_ms: int = 0):
+    """An agent whose every run costs the same: 1 cent per token in and out; ``latency_ms`` per model call."""
+    spec = local_spec(reply, prompt="fixed prompt", latency_ms=latency_ms)
+    spec["steps"][0]["model"]["maxTokens"] = 10
+    agent, revision = agent_with_revision(org, slug, spec)
+    price(org, agent)
     return agent
+
+
+def two_step_spec(first_latency_ms: int = 0, second_latency_ms: int = 0) -> dict:
+    """Two model calls in a row: a cheap ``answer`` (maxTokens 10), then ``polish`` reserving 1,000 tokens."""
+    def model(reply, max_tokens, latency_ms):
+        return {"provider": "fruxon-local", "name": "local", "maxTokens": max_tokens, "latencyMs": latency_ms,
+                "script": [{"reply": reply}]}
+
+    return {"inputs": {"question": {"type": "string", "required": True}},
+            "steps": [{"name": "answer", "model": model("0123456789" * 4, 10, first_latency_ms), "prompt": "fixed prompt"},
+                      {"name": "polish", "model": model("short", 1000, second_latency_ms),
+                       "prompt": "Shorten: {{steps.answer.output}}"}],
+            "output": "{{steps.polish.output}}"}
 
 
 def _execute(client, agent="support"):
@@ -162,13 +184,115 @@ def test_reconcile_release_and_rollover(org, runner, ledger_settings):
         assert _execute(runner).status_code == 200
         state = BudgetState.of(budget, timezone.now())
         recorded = ledger().usage(state)[0]
-        ledger().set_spent(state, recorded + 12345)  # drift
+        assert recorded == to_units(Run.objects.get().cost_usd, round_up=False) > 0
+        ledger().set_spent(state, recorded - 12345)  # drift: the ledger lost spend
         repaired = budgets.reconcile()
         assert len(repaired) == 1 and ledger().usage(state)[0] == recorded
+        assert AuditEvent.objects.filter(action="budget.reconciled").count() == 1
+        ledger().set_spent(state, recorded + 12345)  # ahead of the recorded runs: spend no Run row shows
+        assert budgets.reconcile() == [] and ledger().usage(state)[0] == recorded + 12345  # never lowered
         reservation = ledger().reserve(state, 1000)  # a process that died before settling
         assert ledger().usage(state)[1] == 1000
         assert budgets.release_stale(now=timezone.now()) == 0  # not stale yet
         assert budgets.release_stale(now=timezone.now() + timedelta(hours=2)) == 1
-        assert ledger().usage(state) == (recorded, 0)
+        assert ledger().usage(state) == (recorded + 12345, 0)
         assert reservation is not None and not BudgetReservation.objects.filter(pk=reservation.id).exists()
         assert budgets.rollover(now=timezone.now() + timedelta(days=40)) == 1
+
+
+@pytest.mark.parametrize("ledger_settings", LEDGERS)
+def test_correcting_spent_down_is_explicit_and_audited(org, runner, owner, ledger_settings):
+    with override_settings(**ledger_settings):
+        agent = priced_agent(org)
+        budget = Budget.objects.create(organization=org, agent=agent, period="month", amount_usd=Decimal("10"))
+        assert _execute(runner).status_code == 200
+        state = BudgetState.of(budget, timezone.now())
+        recorded = ledger().usage(state)[0]
+        ledger().raise_spent(state, recorded + 50_000_000)  # $0.50 that no run shows
+        actor = Actor(user=owner)
+        with pytest.raises(InvalidRequest):
+            budgets.correct_spent(actor=actor, agent=agent, spent_usd=Decimal("0"), reason="below the runs")
+        with pytest.raises(InvalidRequest):
+            budgets.correct_spent(actor=actor, agent=agent, spent_usd=from_units(recorded), reason=" ")
+        data = budgets.correct_spent(actor=actor, agent=agent, spent_usd=from_units(recorded), reason="refund")
+        assert data["previousUsd"] == str(from_units(recorded + 50_000_000))
+        assert ledger().usage(state)[0] == recorded
+        assert budgets.reconcile() == [] and ledger().usage(state)[0] == recorded  # the correction sticks
+        event = AuditEvent.objects.get(action="budget.corrected")
+        assert event.data["reason"] == "refund" and event.target_id == "support"
+        assert event.actor_label == "user:olivia"
+
+
+@pytest.mark.parametrize("ledger_settings", LEDGERS)
+def test_a_run_stops_mid_way_when_its_next_call_is_refused(org, runner, ledger_settings):
+    """The budget admits the run's first model call but not its second: the run stops there, recorded."""
+    with override_settings(**ledger_settings):
+        probe, _ = agent_with_revision(org, "probe", two_step_spec())
+        price(org, probe)
+        probe_run = run_once(probe, "q")
+        estimates = [Decimal(s.attributes["estimateUsd"]) for s in probe_run.spans.filter(kind="llm").order_by("position")]
+        first_cost = probe_run.spans.filter(kind="llm").order_by("position").first().cost_usd
+        assert len(estimates) == 2 and 0 < first_cost <= estimates[0] < estimates[1]
+        agent, _ = agent_with_revision(org, "support", two_step_spec())
+        price(org, agent)
+        cap = estimates[0]  # admits the first call's worst case; then spent + the second's > cap
+        assert first_cost + estimates[1] > cap
+        Budget.objects.create(organization=org, agent=agent, period="day", amount_usd=cap, enforce=True)
+
+        response = _execute(runner)
+        assert response.status_code == 429, response.content
+        error = response.json()["error"]
+        assert error["code"] == "budget_exceeded"
+        assert 0 < int(response["Retry-After"]) <= 86400
+        run = Run.objects.get(pk=error["details"]["runId"])
+        assert run.status == "budget_exceeded" and run.agent == agent
+        llm = list(run.spans.filter(kind="llm").order_by("position"))
+        assert [(s.name, s.status) for s in llm] == [("local", "ok"), ("local", "budget_exceeded")]
+        assert run.cost_usd == first_cost == llm[0].cost_usd  # the first call happened and was paid for
+        state = BudgetState.of(Budget.objects.get(agent=agent), timezone.now())
+        spent, reserved = ledger().usage(state)
+        assert (spent, reserved) == (to_units(first_cost, round_up=False), 0)
+        assert spent <= state.cap_units
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_ledger_fails_closed_when_its_row_cannot_be_locked(api):
+    """The database ledger's "unreachable": its period row stays locked (a stuck transaction, a lock storm).
+
+    The reservation gives up after FRUXON_LEDGER_LOCK_TIMEOUT_MS and the run fails closed (503), instead of
+    holding the request for as long as the lock lasts.
+    """
+    import psycopg
+
+    from .server import database_url
+
+    org = f.OrganizationFactory(slug="acme")
+    _, key = f.api_key(org, preset="runner")
+    runner = api.as_key(key)
+    agent = priced_agent(org)
+    budget = Budget.objects.create(organization=org, agent=agent, period="day", amount_usd=Decimal("100"), enforce=True)
+    state = BudgetState.of(budget, timezone.now())
+    with override_settings(FRUXON_LEDGER="database", FRUXON_LEDGER_LOCK_TIMEOUT_MS=300):
+        ledger().open_period(state)
+        answers = []
+        with psycopg.connect(database_url()) as holder:  # another session holds the period row
+            holder.execute("SELECT 1 FROM monitoring_budgetperiod WHERE agent_id = %s FOR UPDATE", [agent.pk])
+            def call():
+                try:
+                    answers.append(_execute(runner))
+                finally:
+                    connection.close()
+
+            worker = threading.Thread(target=call, daemon=True)
+            worker.start()
+            worker.join(timeout=10)
+            finished_while_locked = not worker.is_alive()
+            holder.rollback()
+        worker.join(timeout=30)
+        assert finished_while_locked, "the reservation waited on the lock instead of failing closed"
+        response = answers[0]
+        assert response.status_code == 503 and response.json()["error"]["code"] == "ledger_unavailable"
+        run = Run.objects.get(pk=response.json()["error"]["details"]["runId"])
+        assert run.status == "error" and run.cost_usd == 0 and run.output is None
+        assert ledger().usage(state) == (0, 0) and not BudgetReservation.objects.exists()
+        assert _execute(runner).status_code == 200  # lock released: admitted again

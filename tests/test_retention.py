@@ -126,3 +126,28 @@ def test_the_task_purges_and_beat_runs_it_hourly(week, now):
 def test_batch_size_must_be_positive(db):
     with pytest.raises(ValueError):
         purge_expired(batch_size=0)
+
+
+def test_deleted_runs_still_count_in_their_budget_periods(week, now):
+    """What the deleted runs cost goes to their periods' deleted_units (day and month rows that exist);
+    pinned and kept runs add nothing, and the budget period rows themselves are never deleted."""
+    from decimal import Decimal
+
+    from monitoring.ledger.base import period_bounds
+    from monitoring.models import BudgetPeriod
+
+    old = week.run(10 * DAY)
+    cheap, dear, pinned, kept = week.run(10 * DAY), week.run(10 * DAY), week.run(10 * DAY, pinned=True), week.run(DAY)
+    Run.objects.filter(pk=cheap.pk).update(cost_usd=Decimal("0.25"))
+    Run.objects.filter(pk=dear.pk).update(cost_usd=Decimal("1.50"))
+    Run.objects.filter(pk__in=[pinned.pk, kept.pk]).update(cost_usd=Decimal("9"))
+    created = Run.objects.get(pk=old.pk).created_at
+    rows = {period: BudgetPeriod.objects.create(organization=week.org, agent=week.agent, period=period,
+                                                period_start=period_bounds(period, created)[0], spent_units=7)
+            for period in ("day", "month")}
+
+    assert purge_expired(now=now, batch_size=2) == 3
+    for row in rows.values():
+        row.refresh_from_db()
+        assert (row.deleted_units, row.spent_units) == (175_000_000, 7)
+    assert purge_expired(now=now) == 0 and BudgetPeriod.objects.count() == 2

@@ -12,10 +12,18 @@ Two implementations, same contract:
 
 * ``RedisLedger``: a Lua script per operation (atomic in Redis); the default
   when ``REDIS_URL`` is set. Redis keeps no data on disk here, so a period
-  whose key is missing is re-seeded from the database's recorded spend.
+  whose key is missing is re-seeded from the database's durable spend.
 * ``DatabaseLedger``: a conditional ``UPDATE ... WHERE spent + reserved + x <=
   cap`` on the period row (PostgreSQL re-checks the predicate after a row
   lock wait); the embedded default and the fallback.
+
+Spent only goes up. The database keeps a durable record per agent and period
+(``BudgetPeriod``, see ``spend``): the settled spend (or the Redis checkpoint)
+and the cost of the period's deleted runs, which retention adds as it deletes
+them. Ledgers are seeded from the floor it gives, and reconciliation only
+raises a ledger to it (``raise_spent``), never lowers one: recorded runs lag
+settled spend (runs in flight). Lowering spent is an explicit, audited
+correction (``monitoring.budgets.correct_spent``).
 
 ``FRUXON_LEDGER=redis|database`` overrides the choice. Amounts are integers in
 units of 1e-8 USD (the precision of recorded costs), so no float rounding can

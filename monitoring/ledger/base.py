@@ -67,7 +67,7 @@ class Reservation:
 
 class Ledger(Protocol):
     def open_period(self, state: BudgetState) -> None:
-        """Create the period's totals (spent seeded from recorded runs) if they do not exist."""
+        """Create the period's totals (seeded from ``spend.durable_spent_units``) if they do not exist."""
 
     def reserve(self, state: BudgetState, units: int) -> Reservation | None:
         """Admit ``units`` if ``spent + reserved + units <= cap`` (always, when not enforced); None = refused."""
@@ -78,8 +78,11 @@ class Ledger(Protocol):
     def usage(self, state: BudgetState) -> tuple[int, int]:
         """``(spent, reserved)`` units of the period."""
 
+    def raise_spent(self, state: BudgetState, floor_units: int) -> int:
+        """Reconciliation: ``spent = max(spent, floor)`` atomically (never lowers); returns the previous spent."""
+
     def set_spent(self, state: BudgetState, spent_units: int) -> int:
-        """Reconciliation: overwrite the period's spent; returns the previous value."""
+        """An explicit correction only (``monitoring.budgets.correct_spent``, audited): overwrite spent."""
 
     def release_stale(self, older_than: datetime) -> int:
         """Release reservations made before ``older_than`` (a killed process never settled them)."""

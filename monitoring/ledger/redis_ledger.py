@@ -5,9 +5,20 @@ Keys per period (``{fx:ledger:<agent>:<period>:<start>}``): ``:totals``
 sorted set ``fx:ledger:open`` holds open reservations by creation time for the
 stale sweep. Scripts touch keys of one period plus that set, so the ledger
 needs one Redis primary (not a sharded cluster). Periods expire a day
-after they end. A missing ``:totals`` (Redis restarted, or a new period) makes
-``reserve`` answer "unseeded"; the ledger then seeds spent from the database
-with HSETNX and retries, so a restart never forgets what was spent.
+after they end.
+
+Redis keeps no data on disk here. A missing ``:totals`` (Redis restarted or
+flushed, or a new period) makes ``reserve`` answer "unseeded"; the ledger then
+seeds spent with HSETNX from the database's durable floor
+(``spend.durable_spent_units``: the runs still recorded, plus the cost of the
+period's runs deleted since, or the checkpoint in the period's ``BudgetPeriod``
+row if higher) and retries. Seeding and ``open_period`` also create that row,
+so the deletion of any of the period's runs is counted there. Reconciliation
+checkpoints the Redis total into the row (a high-water mark), which covers
+spend settled by runs that were never recorded (a process killed mid-run).
+What a restart can still forget is what runs IN FLIGHT at that moment had
+settled since the last checkpoint; each such run is part of the floor once it
+is recorded, and the next reconciliation raises Redis to it.
 """
 from __future__ import annotations
 
@@ -57,6 +68,21 @@ redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(units))
 return 1
 """
 
+RAISE_SPENT = """
+-- KEYS: totals   ARGV: floor, expire_at.  spent = max(spent, floor); returns the previous spent (floor if unseeded)
+local previous = redis.call('HGET', KEYS[1], 'spent')
+local floor = tonumber(ARGV[1])
+if not previous then
+  redis.call('HSET', KEYS[1], 'spent', floor)
+  redis.call('HSETNX', KEYS[1], 'reserved', 0)
+  redis.call('EXPIREAT', KEYS[1], ARGV[2])
+  return floor
+end
+previous = tonumber(previous)
+if previous < floor then redis.call('HSET', KEYS[1], 'spent', floor) end
+return previous
+"""
+
 SET_SPENT = """
 local previous = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
 redis.call('HSET', KEYS[1], 'spent', ARGV[1])
@@ -83,19 +109,31 @@ class RedisLedger:
         self._settle = self.client.register_script(SETTLE)
         self._release = self.client.register_script(RELEASE)
         self._set_spent = self.client.register_script(SET_SPENT)
+        self._raise_spent = self.client.register_script(RAISE_SPENT)
 
     def _seed(self, state: BudgetState) -> None:
-        from .spend import recorded_spend_units
+        """Make sure the period's database row exists; seed a missing Redis total from the durable floor.
+
+        HSETNX: a total another process seeded (or already moved) meanwhile is never overwritten.
+        """
+        from .spend import durable_spent_units, period_row
 
         totals, _, _ = _keys(state)
+        if self.client.exists(totals):
+            period_row(state)  # one lookup; creates the row (seeded from the runs) if it is missing
+            return
+        floor = durable_spent_units(state)
         pipe = self.client.pipeline()
-        pipe.hsetnx(totals, "spent", recorded_spend_units(state))
+        pipe.hsetnx(totals, "spent", floor)
         pipe.hsetnx(totals, "reserved", 0)
         pipe.expireat(totals, _expire_at(state))
         pipe.execute()
 
     def open_period(self, state: BudgetState) -> None:
-        self._seed(state)
+        try:
+            self._seed(state)
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"Redis ledger unavailable: {type(exc).__name__}") from exc
 
     def reserve(self, state: BudgetState, units: int) -> Reservation | None:
         rid = uuid.uuid4().hex
@@ -117,14 +155,26 @@ class RedisLedger:
 
     def usage(self, state: BudgetState) -> tuple[int, int]:
         totals, _, _ = _keys(state)
-        spent, reserved = self.client.hmget(totals, "spent", "reserved")
-        if spent is None:
-            from .spend import recorded_spend_units
+        try:
+            spent, reserved = self.client.hmget(totals, "spent", "reserved")
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"Redis ledger unavailable: {type(exc).__name__}") from exc
+        if spent is None:  # not seeded (yet): what the next reservation would be seeded with
+            from .spend import durable_spent_units
 
-            return recorded_spend_units(state), 0
+            return durable_spent_units(state, create=False), 0
         return int(spent), int(reserved or 0)
 
+    def raise_spent(self, state: BudgetState, floor_units: int) -> int:
+        """Reconciliation: ``spent = max(spent, floor)`` atomically; returns the previous spent."""
+        totals, _, _ = _keys(state)
+        try:
+            return int(self._raise_spent(keys=[totals], args=[floor_units, _expire_at(state)]))
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"Redis ledger unavailable: {type(exc).__name__}") from exc
+
     def set_spent(self, state: BudgetState, spent_units: int) -> int:
+        """An explicit correction (``monitoring.budgets.correct_spent``): overwrite spent; returns the previous value."""
         totals, _, _ = _keys(state)
         return int(self._set_spent(keys=[totals], args=[spent_units, _expire_at(state)]))
 
