@@ -273,6 +273,8 @@ X_FRAME_OPTIONS = "DENY"
 # The budget ledger: "redis" (default with REDIS_URL) or "database"; see monitoring/ledger.
 FRUXON_LEDGER = os.environ.get("FRUXON_LEDGER", "")
 FRUXON_LEDGER_REDIS_URL = os.environ.get("FRUXON_LEDGER_REDIS_URL", "")
+# How long the database ledger waits for a budget period's row lock before failing closed (503).
+FRUXON_LEDGER_LOCK_TIMEOUT_MS = int(os.environ.get("FRUXON_LEDGER_LOCK_TIMEOUT_MS", "3000"))
 # A reservation not settled after this long belongs to a dead process and is released.
 FRUXON_RESERVATION_TTL_SECONDS = int(os.environ.get("FRUXON_RESERVATION_TTL_SECONDS", "3900"))
 

@@ -88,6 +88,9 @@ def test_budget_api(org, owner_client, viewer, api):
     assert api.as_user(viewer).put("/v1/acme/agents/support/budget", {"amountUsd": "1"}, format="json").status_code == 403
     bad = owner_client.put("/v1/acme/agents/support/budget", {"amountUsd": "-1"}, format="json")
     assert bad.status_code == 400
+    # omitted fields take API.md's defaults: a monthly hard cap alerting at 50%, 80% and 100%
+    defaults = owner_client.put("/v1/acme/agents/support/budget", {"amountUsd": 20}, format="json").json()
+    assert (defaults["period"], defaults["enforce"], defaults["alertThresholds"]) == ("month", True, [0.5, 0.8, 1.0])
     assert owner_client.delete("/v1/acme/agents/support/budget").status_code == 204
     assert owner_client.get("/v1/acme/agents/support/budget").status_code == 404
 

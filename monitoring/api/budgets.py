@@ -19,8 +19,9 @@ class BudgetPut(StrictSerializer):
     period = serializers.ChoiceField(choices=Budget.PERIODS, default="month", help_text="UTC day or month")
     amountUsd = serializers.DecimalField(max_digits=14, decimal_places=4, min_value=0)
     enforce = serializers.BooleanField(default=True, help_text="true: a hard cap; false: alerts only")
-    alertThresholds = serializers.ListField(child=serializers.FloatField(min_value=0.01, max_value=10), default=list,
-                                            max_length=10, help_text="fractions of amountUsd, e.g. [0.5, 0.8, 1.0]")
+    alertThresholds = serializers.ListField(child=serializers.FloatField(min_value=0.01, max_value=10),
+                                            default=lambda: [0.5, 0.8, 1.0], max_length=10,
+                                            help_text="fractions of amountUsd (default [0.5, 0.8, 1.0]; [] for none)")
     alertWebhook = serializers.URLField(required=False, allow_blank=True, default="", max_length=2000)
     alertEmails = serializers.ListField(child=serializers.EmailField(), default=list, max_length=20)
 
