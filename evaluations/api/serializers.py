@@ -11,7 +11,7 @@ from ..models import Case, CaseResult, Dataset, EvaluationRun
 
 class DatasetSerializer(serializers.ModelSerializer):
     passThreshold = serializers.FloatField(source="pass_threshold")
-    caseCount = serializers.IntegerField(source="case_count", read_only=True, default=None)
+    caseCount = serializers.IntegerField(source="case_count", read_only=True, default=None, allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
 
