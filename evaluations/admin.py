@@ -9,7 +9,7 @@ model          view    add / change / delete
 =============  ======  ======================================================================
 Dataset        viewer  editor (``create_dataset`` / ``update_dataset`` / ``delete_dataset``);
                        bad metrics are form errors, checked by the service's own validator
-Case           viewer  editor (``add_case`` / ``update_case``; deleted as the API does)
+Case           viewer  editor (``add_case`` / ``update_case`` / ``delete_case``, as the API)
 EvaluationRun  viewer  nobody changes one; "Start an evaluation" (``runs.start``) and the
                        "cancel" action (``runs.cancel``) need the editor role on the
                        evaluated agent, per-agent grants included (``agents.admin_deploy.may``)
@@ -275,8 +275,8 @@ class CaseAdmin(OrgScopedAdmin):
         adopt(obj, saved)
 
     def delete_model(self, request, obj):
-        # As DELETE /datasets/{d}/cases/{id}: results of past evaluations go with it.
-        obj.delete()
+        # As DELETE /datasets/{d}/cases/{id}: results of past evaluations go with it; audited.
+        datasets.delete_case(actor=actor_for(request), case=obj)
 
 
 # --- evaluations --------------------------------------------------------------------------------------

@@ -101,7 +101,9 @@ class CaseResult(TenantModel):
     score = models.FloatField(default=0.0)
     passed = models.BooleanField(default=False)
     critical = models.BooleanField(default=False)
+    # The agent's run (what costCeiling checks); the llmJudge model calls that graded it are apart.
     cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal("0"))
+    judge_cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal("0"))
     latency_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -17,7 +17,8 @@ from django.utils import timezone
 STALL_AFTER = timedelta(minutes=5)
 
 
-@shared_task(name="evaluations.run_evaluation", acks_late=True, reject_on_worker_lost=True, queue="evaluations")
+@shared_task(name="evaluations.run_evaluation", acks_late=True, reject_on_worker_lost=True, queue="evaluations",
+             ignore_result=True)
 def run_evaluation(evaluation_id: str) -> int:
     from .models import EvaluationRun
     from .services import runs
@@ -33,7 +34,8 @@ def run_evaluation(evaluation_id: str) -> int:
     return len(parts)
 
 
-@shared_task(name="evaluations.evaluate_chunk", acks_late=True, reject_on_worker_lost=True, queue="evaluations")
+@shared_task(name="evaluations.evaluate_chunk", acks_late=True, reject_on_worker_lost=True, queue="evaluations",
+             ignore_result=True)
 def evaluate_chunk(evaluation_id: str, case_ids: list[int]) -> int:
     from .services import runs
 

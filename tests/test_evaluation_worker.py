@@ -4,6 +4,11 @@ Exactly 200 results must exist at the end: chunks are acked late, a killed
 worker's chunk comes back from Redis after the visibility timeout, and results
 are unique per (evaluation, case), so the resumed work adds what is missing and
 nothing twice.
+
+Exactly 200 Runs too: a case's Run and its result are written in one
+transaction, so a case that has a Run is never executed again, and what the
+killed worker had executed but not written is simply executed once more (its
+Runs were never recorded).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from celery import Celery
 
 from evaluations.models import CaseResult, EvaluationRun
 from evaluations.services import datasets, dispatch, runs
+from monitoring.models import Run
 
 from . import factories as f
 from .builders import SYSTEM, agent_with_revision, local_spec
@@ -75,6 +81,7 @@ def test_killed_worker_resumes_without_duplicates(monkeypatch, tmp_path):
             first.kill()
     killed_at = CaseResult.objects.filter(evaluation=evaluation).count()
     assert killed_at < CASES, "the worker must be killed mid-run"
+    assert Run.objects.filter(agent=agent, source="evaluation").count() == killed_at  # no Run without its result
 
     t_killed = time.monotonic() - t0
     second = _worker("second", log)
@@ -91,5 +98,8 @@ def test_killed_worker_resumes_without_duplicates(monkeypatch, tmp_path):
     results = CaseResult.objects.filter(evaluation=evaluation)
     assert results.count() == CASES, (tmp_path / "workers.log").read_text()[-3000:]
     assert len(set(results.values_list("case_id", flat=True))) == CASES
+    evaluation_runs = Run.objects.filter(agent=agent, source="evaluation")
+    assert evaluation_runs.count() == CASES, "a case recorded before the kill was executed again"
+    assert set(results.values_list("run_id", flat=True)) == set(evaluation_runs.values_list("id", flat=True))
     evaluation.refresh_from_db()
     assert evaluation.status == "completed" and evaluation.pass_rate == 1.0 and evaluation.overall_score == 1.0

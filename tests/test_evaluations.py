@@ -4,7 +4,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
+from contextlib import contextmanager
 from datetime import timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core import mail
@@ -13,9 +17,13 @@ from django.utils import timezone
 from agents.models import Agent
 from agents.services import create_revision
 from deployments import services as deploys
+from evaluations import tasks
 from evaluations.models import Case, CaseResult, Dataset, EvaluationRun
-from evaluations.services import scheduled
-from monitoring.models import Alert, Run
+from evaluations.services import runs, scheduled
+from monitoring import budgets
+from monitoring.models import Alert, Budget, Run, Span
+from monitoring.pricing import set_overrides
+from orgs.models import AuditEvent
 
 from . import factories as f
 from .builders import SYSTEM, agent_with_revision, run_once
@@ -117,6 +125,40 @@ def test_add_to_dataset_copies_run_input(org, editor_client, viewer, api, golden
                               format="json").status_code == 404
 
 
+def test_cases_accept_a_source_run_of_this_org_only(org, editor_client, api, golden, versions):
+    agent = versions[0]
+    run = run_once(agent, "why?")
+    url = "/v1/acme/datasets/golden/cases"
+    created = editor_client.post(url, {"input": {"question": "why?"}, "sourceRunId": run.id}, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["sourceRunId"] == run.id
+    assert Case.objects.get(pk=created.json()["id"]).source_run_id == run.id
+    other = f.OrganizationFactory(slug="other")
+    foreign_run = run_once(agent_with_revision(other, "support")[0])
+    before = Case.objects.count()
+    for bad in (foreign_run.id, "run_doesnotexist"):  # another org's run is as unknown as none at all
+        refused = editor_client.post(url, {"input": {"question": "x"}, "sourceRunId": bad}, format="json")
+        assert refused.status_code == 400, refused.content
+        error = refused.json()["error"]
+        assert error["code"] == "unknown_run" and "sourceRunId" in error["details"]["fields"]
+    # bulk is all or nothing: one unknown run id and no case of the batch is written
+    bulk = editor_client.post(url, {"cases": [{"input": {"question": "a"}, "sourceRunId": run.id},
+                                              {"input": {"question": "b"}, "sourceRunId": foreign_run.id}]},
+                              format="json")
+    assert bulk.status_code == 400 and bulk.json()["error"]["code"] == "unknown_run"
+    assert Case.objects.count() == before
+    case_url = f"{url}/{created.json()['id']}"
+    patched = editor_client.patch(case_url, {"sourceRunId": foreign_run.id}, format="json")
+    assert patched.status_code == 400 and Case.objects.get(pk=created.json()["id"]).source_run_id == run.id
+    cleared = editor_client.patch(case_url, {"sourceRunId": ""}, format="json")
+    assert cleared.status_code == 200 and cleared.json()["sourceRunId"] == ""
+    assert AuditEvent.objects.filter(action="dataset.case_updated").count() == 1
+    # a key limited to another agent may not point a case at this agent's runs
+    _, limited = f.api_key(org, preset="builder", agents=["billing"])
+    hidden = api.as_key(limited).post(url, {"input": {"question": "x"}, "sourceRunId": run.id}, format="json")
+    assert hidden.status_code == 400 and hidden.json()["error"]["code"] == "unknown_run"
+
+
 def test_evaluation_runs_and_reports(org, editor_client, viewer, api, golden, versions, commits):
     agent, v1, v2, v3 = versions
     body = _evaluate(editor_client, v2.id, commits)
@@ -177,18 +219,38 @@ def test_unknown_gating_dataset_is_400(org, editor_client, versions):
     assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_dataset"
 
 
+@contextmanager
+def raw_receiver():
+    """A webhook receiver keeping each request's headers and body bytes exactly as they arrived."""
+    received: list[tuple[dict, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, raw))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_scheduled_reevaluation_alerts_on_drop(org, owner_client, editor_client, golden, versions,
                                                django_capture_on_commit_callbacks):
-    from agents.engine.testing import StubReply, start_json_server
-
-    received = []
-
-    def receiver(request):
-        received.append(request)
-        return StubReply(200, {"ok": True})
-
-    url, server = start_json_server(receiver)
-    try:
+    with raw_receiver() as (url, received):
         agent, v1, v2, v3 = versions
         no_dataset = editor_client.put("/v1/acme/agents/support/evaluation-schedule", {"everyHours": 6}, format="json")
         assert no_dataset.status_code == 400
@@ -209,31 +271,253 @@ def test_scheduled_reevaluation_alerts_on_drop(org, owner_client, editor_client,
         assert len(second) == 1
         with django_capture_on_commit_callbacks(execute=True):
             assert scheduled.start_due(now=later + timedelta(hours=7)) == []  # claimed once
-    finally:
-        server.close()
     assert len(received) == 1
-    request = received[0]
-    raw = json.dumps(request.body).encode()
-    assert request.headers["X-Fruxon-Event"] == "evaluation.score_dropped"
-    signature = request.headers["X-Fruxon-Signature"]
+    headers, raw = received[0]
+    assert headers["x-fruxon-event"] == "evaluation.score_dropped"
     org.refresh_from_db()
-    assert request.body["data"]["previousScore"] == 1.0 and request.body["data"]["score"] == pytest.approx(2 / 3)
-    # the sender's serialization is json.dumps defaults, so re-dumping the parsed body gives the signed bytes
+    # the signature covers the bytes on the wire, whatever a receiver's JSON parser would make of them
     expected = "sha256=" + hmac.new(org.webhook_secret.encode(), raw, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(signature, expected)
+    assert hmac.compare_digest(headers["x-fruxon-signature"], expected)
+    tampered = raw.replace(b"score", b"Score", 1)
+    assert not hmac.compare_digest(headers["x-fruxon-signature"],
+                                   "sha256=" + hmac.new(org.webhook_secret.encode(), tampered, hashlib.sha256).hexdigest())
+    body = json.loads(raw)
+    assert body["data"]["previousScore"] == 1.0 and body["data"]["score"] == pytest.approx(2 / 3)
+    assert body["data"]["previousEvaluationId"] == first[0]
     assert len(mail.outbox) == 1 and "dropped" in mail.outbox[0].subject
     assert Alert.objects.get().delivered_at is not None
     secret = owner_client.get("/v1/acme/settings").json()["webhookSecret"]
     assert secret == org.webhook_secret
 
 
+@pytest.fixture
+def watched(org, editor_client, golden, versions):
+    """support gated on golden, re-evaluated every 6 hours; alerts by email."""
+    editor_client.patch("/v1/acme/agents/support", {"gatingDataset": "golden"}, format="json")
+    put = editor_client.put("/v1/acme/agents/support/evaluation-schedule",
+                            {"everyHours": 6, "alertEmails": ["oncall@example.com"]}, format="json")
+    assert put.status_code == 200
+    clock = {"now": timezone.now()}
+
+    def tick(commits) -> EvaluationRun:
+        clock["now"] += timedelta(hours=7)
+        with commits():
+            started = scheduled.start_due(now=clock["now"])
+        assert len(started) == 1
+        return EvaluationRun.objects.get(pk=started[0])
+
+    return tick
+
+
+def _drop_alerts():
+    return Alert.objects.filter(kind="evaluation.score_dropped")
+
+
+def test_candidate_in_between_raises_no_false_alert(org, editor_client, golden, versions, watched, commits):
+    agent, v1, v2, v3 = versions
+    Agent.objects.filter(pk=agent.pk).update(deployed_revision=v2)  # the deployed revision scores 2/3
+    first = watched(commits)
+    assert first.overall_score == pytest.approx(2 / 3)
+    candidate = _evaluate(editor_client, v1.id, commits)  # a better candidate, evaluated in between
+    assert candidate["overallScore"] == 1.0
+    second = watched(commits)
+    # same score as the previous scheduled run: no drop, whatever the candidate scored
+    assert second.overall_score == pytest.approx(2 / 3)
+    assert not _drop_alerts().exists() and not mail.outbox
+
+
+def test_candidate_in_between_does_not_hide_a_drop(org, editor_client, golden, versions, watched, commits):
+    agent, v1, v2, v3 = versions
+    first = watched(commits)
+    assert first.overall_score == 1.0
+    candidate = _evaluate(editor_client, v2.id, commits)  # a worse candidate, evaluated in between
+    assert candidate["overallScore"] == pytest.approx(2 / 3)
+    Agent.objects.filter(pk=agent.pk).update(deployed_revision=v2)  # the deployed behaviour drifts down
+    second = watched(commits)
+    assert second.overall_score == pytest.approx(2 / 3)
+    alert = _drop_alerts().get()
+    assert alert.payload["previousEvaluationId"] == first.id and alert.payload["previousScore"] == 1.0
+    assert alert.payload["evaluationId"] == second.id
+    assert len(mail.outbox) == 1
+
+
+def test_compare_starts_the_deployed_baseline_only_for_writers(org, editor_client, viewer, api, golden, versions,
+                                                                commits):
+    agent, v1, v2, v3 = versions
+    candidate = _evaluate(editor_client, v2.id, commits)
+    url = f"/v1/acme/evaluations/{candidate['id']}:compare?baseline=deployed"
+    _, readonly = f.api_key(org, preset="readonly")
+    readers = {"viewer": api.as_user(viewer), "readonly key": api.as_key(readonly)}
+    for who, client in readers.items():
+        with commits():
+            response = client.get(url)
+        assert response.status_code == 200, (who, response.content)
+        body = response.json()
+        assert body["verdict"] == "pending" and body["baselineMissing"] is True, who
+        assert body["baselineId"] is None and body["baselineStarted"] is False
+        assert "editor" in body["reasons"][0] and "evaluations:write" in body["reasons"][0]
+        assert body["startNeeds"] == {"role": "editor", "scope": "evaluations:write"}
+    assert not EvaluationRun.objects.filter(revision=v1).exists()  # nothing started, nothing spent
+
+    # a key with evaluations:write starts it (queued here: its on-commit dispatch is not run yet)
+    _, builder = f.api_key(org, preset="builder")
+    started = api.as_key(builder).get(url).json()
+    assert started["baselineStarted"] is True and started["baselineMissing"] is False
+    baseline = EvaluationRun.objects.get(revision=v1, trigger="baseline")
+    assert started["baselineId"] == baseline.id and started["verdict"] == "pending"
+    assert AuditEvent.objects.get(action="evaluation.started", target_id=baseline.id).actor_label.startswith("key:")
+    # readers now see the unfinished baseline, and still start nothing
+    pending = readers["viewer"].get(url).json()
+    assert pending["baselineId"] == baseline.id and pending["verdict"] == "pending"
+    assert pending["baselineMissing"] is False and pending["baselineStarted"] is False
+    assert EvaluationRun.objects.filter(revision=v1).count() == 1
+    with commits():
+        tasks.run_evaluation(baseline.id)
+    done = readers["readonly key"].get(url).json()
+    assert done["baselineId"] == baseline.id and done["verdict"] == "fail" and done["criticalRegressions"] == 1
+
+
+def test_compare_response_is_in_the_schema(org, editor_client):
+    schema = editor_client.get("/v1/schema?format=json").json()
+    answer = schema["paths"]["/v1/{tenant}/evaluations/{evaluation}:compare"]["get"]["responses"]["200"]
+    ref = answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    fields = schema["components"]["schemas"][ref]["properties"]
+    assert {"verdict", "baselineMissing", "baselineStarted", "startNeeds", "regressions"} <= set(fields)
+    verdict = fields["verdict"]
+    while "enum" not in verdict:  # drf-spectacular names the enum as a component of its own
+        verdict = schema["components"]["schemas"][(verdict.get("allOf") or [verdict])[0]["$ref"].rsplit("/", 1)[-1]]
+    assert verdict["enum"] == ["pass", "fail", "pending"]
+    assert "editor" in fields["baselineMissing"]["description"]
+
+
+def _queued(client, revision_id, dataset="golden") -> str:
+    """POST /evaluations without running its on-commit dispatch: the evaluation stays queued."""
+    response = client.post("/v1/acme/evaluations", {"agent": "support", "revisionId": revision_id,
+                                                     "dataset": dataset}, format="json")
+    assert response.status_code == 202, response.content
+    return response.json()["id"]
+
+
+def test_progress_while_running(org, editor_client, viewer, api, golden, versions, commits):
+    agent, v1, v2, v3 = versions
+    evaluation_id = _queued(editor_client, v1.id)
+    case_ids = EvaluationRun.objects.get(pk=evaluation_id).case_ids
+    vera = api.as_user(viewer)
+    assert vera.get(f"/v1/acme/evaluations/{evaluation_id}").json()["progress"] == {
+        "completed": 0, "total": 3, "fraction": 0.0}
+    # the chunks a worker would receive, one at a time
+    assert runs.evaluate_chunk(evaluation_id, case_ids[:1]) == 1
+    body = vera.get(f"/v1/acme/evaluations/{evaluation_id}").json()
+    assert body["status"] == "running" and body["overallScore"] is None and body["startedAt"]
+    assert body["progress"]["completed"] == 1 and 0 < body["progress"]["fraction"] < 1
+    assert [r["caseId"] for r in body["results"]] == case_ids[:1]
+    assert runs.evaluate_chunk(evaluation_id, case_ids[1:2]) == 1
+    assert vera.get(f"/v1/acme/evaluations/{evaluation_id}").json()["progress"]["fraction"] == pytest.approx(2 / 3,
+                                                                                                         abs=1e-4)
+    with commits():
+        assert runs.evaluate_chunk(evaluation_id, case_ids[2:]) == 1
+    body = vera.get(f"/v1/acme/evaluations/{evaluation_id}").json()
+    assert body["status"] == "completed" and body["progress"] == {"completed": 3, "total": 3, "fraction": 1.0}
+
+
+def test_cancel_through_the_api(org, editor_client, viewer, api, golden, versions, commits):
+    agent, v1, v2, v3 = versions
+    evaluation_id = _queued(editor_client, v1.id)
+    case_ids = EvaluationRun.objects.get(pk=evaluation_id).case_ids
+    assert runs.evaluate_chunk(evaluation_id, case_ids[:1]) == 1  # one chunk done: running, 1 of 3
+    url = f"/v1/acme/evaluations/{evaluation_id}:cancel"
+    assert api.as_user(viewer).post(url).status_code == 403
+    cancelled = editor_client.post(url)
+    assert cancelled.status_code == 200, cancelled.content
+    assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finishedAt"]
+    runs_before = Run.objects.count()
+    # the rest of the work arrives after the cancel (queued chunks, a redelivery, the stall sweeper): nothing runs
+    assert runs.evaluate_chunk(evaluation_id, case_ids) == 0
+    assert tasks.run_evaluation(evaluation_id) == 0
+    assert CaseResult.objects.filter(evaluation_id=evaluation_id).count() == 1
+    assert Run.objects.count() == runs_before
+    body = editor_client.get(f"/v1/acme/evaluations/{evaluation_id}").json()
+    assert body["status"] == "cancelled" and body["progress"]["completed"] == 1 and body["overallScore"] is None
+    again = editor_client.post(url)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+    assert AuditEvent.objects.filter(action="evaluation.cancelled", target_id=evaluation_id,
+                                     actor_label="user:eddie").count() == 1
+    completed = _evaluate(editor_client, v1.id, commits)
+    finished = editor_client.post(f"/v1/acme/evaluations/{completed['id']}:cancel")
+    assert finished.status_code == 409 and "completed" in finished.json()["error"]["message"]
+    assert EvaluationRun.objects.get(pk=completed["id"]).status == "completed"
+
+
+def test_case_delete_is_a_service_with_an_audit_event(org, editor_client, viewer, api, golden, versions, commits):
+    agent, v1, v2, v3 = versions
+    case = golden.cases.order_by("id").first()
+    url = f"/v1/acme/datasets/golden/cases/{case.pk}"
+    assert api.as_user(viewer).delete(url).status_code == 403
+    evaluation_id = _queued(editor_client, v1.id)
+    busy = editor_client.delete(url)  # its result could never be written: the evaluation would never complete
+    assert busy.status_code == 409 and busy.json()["error"]["details"]["evaluations"] == [evaluation_id]
+    assert Case.objects.filter(pk=case.pk).exists()
+    editor_client.post(f"/v1/acme/evaluations/{evaluation_id}:cancel")
+    gone = editor_client.delete(url)
+    assert gone.status_code == 204
+    assert not Case.objects.filter(pk=case.pk).exists()
+    event = AuditEvent.objects.get(action="dataset.case_deleted")
+    assert event.actor_label == "user:eddie" and event.target_id == "golden"
+    assert event.data == {"caseId": case.pk, "critical": False, "sourceRunId": ""}
+    assert editor_client.delete(url).status_code == 404
+
+
 def test_llm_judge_through_the_engine(org, editor_client, versions, commits):
+    agent = versions[0]
+    # fruxon-local priced for this agent, 1 cent per token: the agent's run and its judge both cost something
+    set_overrides(actor=SYSTEM, organization=org, agent=agent, rows=[{
+        "provider": "fruxon-local", "model": "*", "inputPerMillion": Decimal("10000"), "outputPerMillion": Decimal("10000")}])
+    budget, _ = budgets.put_budget(actor=SYSTEM, agent=agent, period="day", amount_usd=Decimal("100"), enforce=True,
+                                   alert_thresholds=[], alert_webhook="", alert_emails=[])
     judge_model = {"provider": "fruxon-local", "name": "judge", "script": [{"reply": '{"score": 0.9, "reason": "polite"}'}]}
     response = editor_client.post("/v1/acme/datasets", {"slug": "judged", "metrics": [
         {"type": "llmJudge", "rubric": "Is the answer polite?", "model": judge_model, "threshold": 0.8}]}, format="json")
     assert response.status_code == 201, response.content
     editor_client.post("/v1/acme/datasets/judged/cases", {"input": {"question": "hi"}}, format="json")
     body = _evaluate(editor_client, versions[1].id, commits, dataset="judged")
-    score = body["results"][0]["scores"][0]
+    result = body["results"][0]
+    score = result["scores"][0]
     assert score["metric"] == "llmJudge" and score["score"] == pytest.approx(0.9) and score["passed"] is True
     assert CaseResult.objects.count() == 1
+    # the judge's model call is priced and visible: on the case result, the evaluation and the run's spans
+    agent_cost, judge_cost = Decimal(result["costUsd"]), Decimal(result["judgeCostUsd"])
+    assert agent_cost > 0 and judge_cost > 0
+    assert Decimal(body["costUsd"]) == agent_cost + judge_cost
+    assert Decimal(body["aggregates"]["judgeCostUsd"]) == judge_cost
+    run = Run.objects.get(pk=result["runId"])
+    assert run.cost_usd == agent_cost + judge_cost
+    judge_step = Span.objects.get(run=run, kind="step", name="judge:llmJudge")
+    judge_llm = Span.objects.get(run=run, kind="llm", parent_id=judge_step.id)
+    assert judge_llm.cost_usd == judge_cost and judge_llm.model == "judge" and judge_llm.attributes["judge"] is True
+    detail = editor_client.get(f"/v1/acme/runs/{run.id}").json()
+    assert Decimal(detail["usage"]["costUsd"]) == agent_cost + judge_cost
+    assert "judge:llmJudge" in json.dumps(detail)  # the spans tree shows the judge step
+    # and it counts against the evaluated agent's budget, as the agent's own call does
+    assert Decimal(budgets.status(Budget.objects.get(pk=budget.pk))["spentUsd"]) == agent_cost + judge_cost
+
+
+def test_llm_judge_refused_by_the_agents_budget(org, editor_client, versions, commits):
+    """A budget that admits the agent's call but not the judge's: the judge fails closed, the case fails."""
+    agent = versions[0]
+    set_overrides(actor=SYSTEM, organization=org, agent=agent, rows=[
+        {"provider": "fruxon-local", "model": "local", "inputPerMillion": Decimal("0"), "outputPerMillion": Decimal("0")},
+        {"provider": "fruxon-local", "model": "judge", "inputPerMillion": Decimal("500000"),
+         "outputPerMillion": Decimal("500000")}])
+    budgets.put_budget(actor=SYSTEM, agent=agent, period="day", amount_usd=Decimal("0.5"), enforce=True,
+                       alert_thresholds=[], alert_webhook="", alert_emails=[])
+    judge_model = {"provider": "fruxon-local", "name": "judge", "script": [{"reply": '{"score": 1, "reason": "ok"}'}]}
+    editor_client.post("/v1/acme/datasets", {"slug": "judged", "metrics": [
+        {"type": "llmJudge", "rubric": "Polite?", "model": judge_model}]}, format="json")
+    editor_client.post("/v1/acme/datasets/judged/cases", {"input": {"question": "hi"}}, format="json")
+    body = _evaluate(editor_client, versions[1].id, commits, dataset="judged")
+    result = body["results"][0]
+    assert result["runStatus"] == "ok" and result["passed"] is False
+    assert result["scores"][0]["score"] == 0.0 and "the judge failed" in result["scores"][0]["reason"]
+    assert "budget" in result["scores"][0]["reason"]
+    judge_step = Span.objects.get(run_id=result["runId"], name="judge:llmJudge")
+    assert judge_step.status == "budget_exceeded"

@@ -55,6 +55,9 @@ class CaseWrite(StrictSerializer):
     expected = serializers.JSONField(required=False, allow_null=True)
     critical = serializers.BooleanField(required=False, default=False)
     tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False, default=list, max_length=20)
+    sourceRunId = serializers.CharField(source="source_run_id", required=False, allow_blank=True, max_length=24,
+                                        help_text="the production run this case came from: a run id of this "
+                                                  "organization (400 unknown_run otherwise); '' for none")
 
 
 class CasePatch(CaseWrite):
@@ -86,13 +89,16 @@ class CaseResultSerializer(serializers.ModelSerializer):
     runStatus = serializers.CharField(source="run_status")
     expected = serializers.JSONField(source="case.expected")
     input = serializers.JSONField(source="case.input")
-    costUsd = serializers.DecimalField(source="cost_usd", max_digits=18, decimal_places=8)
+    costUsd = serializers.DecimalField(source="cost_usd", max_digits=18, decimal_places=8,
+                                       help_text="the agent's run (what costCeiling checks)")
+    judgeCostUsd = serializers.DecimalField(source="judge_cost_usd", max_digits=18, decimal_places=8,
+                                            help_text="the llmJudge model calls that graded it (spans of the same run)")
     latencyMs = serializers.IntegerField(source="latency_ms")
 
     class Meta:
         model = CaseResult
         fields = ["caseId", "runId", "critical", "input", "expected", "output", "runStatus", "scores", "score", "passed",
-                  "costUsd", "latencyMs"]
+                  "costUsd", "judgeCostUsd", "latencyMs"]
 
 
 class EvaluationSerializer(serializers.ModelSerializer):
@@ -103,7 +109,9 @@ class EvaluationSerializer(serializers.ModelSerializer):
     overallScore = serializers.FloatField(source="overall_score", allow_null=True)
     passRate = serializers.FloatField(source="pass_rate", allow_null=True)
     passThreshold = serializers.FloatField(source="pass_threshold")
-    costUsd = serializers.DecimalField(source="cost_usd", max_digits=18, decimal_places=8)
+    costUsd = serializers.DecimalField(source="cost_usd", max_digits=18, decimal_places=8,
+                                       help_text="everything the evaluation spent: the agent's runs and the llmJudge "
+                                                 "calls (aggregates has agentCostUsd and judgeCostUsd)")
     createdBy = serializers.CharField(source="created_by_label")
     createdAt = serializers.DateTimeField(source="created_at")
     startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
@@ -139,3 +147,55 @@ class ScheduleSerializer(StrictSerializer):
     enabled = serializers.BooleanField(required=False, default=True)
     alertWebhook = serializers.URLField(required=False, allow_blank=True, default="", max_length=2000)
     alertEmails = serializers.ListField(child=serializers.EmailField(), required=False, default=list, max_length=20)
+
+
+class _MetricDelta(serializers.Serializer):
+    meanScore = serializers.FloatField(allow_null=True)
+    passRate = serializers.FloatField(allow_null=True)
+
+
+class _Deltas(serializers.Serializer):
+    overallScore = serializers.FloatField(allow_null=True, help_text="candidate minus baseline")
+    passRate = serializers.FloatField(allow_null=True)
+    metrics = serializers.DictField(child=_MetricDelta(), help_text="per metric name")
+
+
+class _Regression(serializers.Serializer):
+    caseId = serializers.IntegerField()
+    critical = serializers.BooleanField()
+    baselineScore = serializers.FloatField()
+    score = serializers.FloatField()
+    input = serializers.JSONField()
+    expected = serializers.JSONField(allow_null=True)
+    output = serializers.JSONField(allow_null=True)
+    failedMetrics = serializers.ListField(child=serializers.DictField())
+
+
+class _StartNeeds(serializers.Serializer):
+    role = serializers.CharField(help_text="the role a person needs to start the missing baseline: editor")
+    scope = serializers.CharField(help_text="the scope an API key needs: evaluations:write")
+
+
+class CompareResponse(serializers.Serializer):
+    """The answer of GET /evaluations/{id}:compare (documentation only)."""
+
+    evaluationId = serializers.CharField()
+    baselineId = serializers.CharField(allow_null=True, help_text="null when the deployed baseline is missing")
+    tolerance = serializers.FloatField()
+    verdict = serializers.ChoiceField(choices=["pass", "fail", "pending"],
+                                      help_text="pending while either evaluation is unfinished or the baseline is "
+                                                "missing")
+    reasons = serializers.ListField(child=serializers.CharField(),
+                                    help_text="why the verdict is fail or pending, as sentences")
+    baselineStarted = serializers.BooleanField(help_text="this call started (or joined) the deployed baseline")
+    baselineMissing = serializers.BooleanField(
+        help_text="the deployed revision has no evaluation on this dataset and the caller may not start one; "
+                  "an editor (or a key with evaluations:write) must start it")
+    startNeeds = _StartNeeds(required=False, help_text="only when baselineMissing")
+    deltas = _Deltas(required=False, help_text="only when both evaluations completed")
+    score = serializers.FloatField(required=False)
+    baselineScore = serializers.FloatField(required=False)
+    regressions = _Regression(many=True, required=False,
+                              help_text="cases that passed on the baseline and fail now, critical ones first")
+    criticalRegressions = serializers.IntegerField(required=False)
+    improvements = serializers.IntegerField(required=False)

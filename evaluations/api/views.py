@@ -8,10 +8,10 @@ from rest_framework.response import Response
 
 from fruxon.api.base import Access, OrgScopedAPIView, OrgScopedGenericAPIView, OrgScopedViewSet
 from fruxon.api.serializers import validated
-from fruxon.errors import InvalidRequest, NotFound
+from fruxon.errors import NotFound
 from monitoring.models import Run
 from orgs.actor import Actor
-from orgs.roles import EDITOR, VIEWER
+from orgs.roles import EDITOR, VIEWER, role_at_least
 
 from ..models import Case, Dataset, EvaluationRun, EvaluationSchedule
 from ..services import compare as comparing
@@ -75,6 +75,11 @@ class CaseViewSet(OrgScopedViewSet):
     def refine_queryset(self, queryset):
         return queryset.filter(dataset__slug=self.kwargs["dataset"])
 
+    def _visible_agents(self) -> list[str] | None:
+        """A key limited to some agents may name only their runs as ``sourceRunId`` (as GET /runs shows)."""
+        key = self.api_key
+        return list(key.agents) if key is not None and key.agents else None
+
     def list(self, request, tenant, dataset):
         self._dataset()
         return self.paginated_response()
@@ -85,10 +90,11 @@ class CaseViewSet(OrgScopedViewSet):
         target = self._dataset()
         if isinstance(request.data, dict) and "cases" in request.data:
             data = validated(s.CasesBulk, request.data)
-            rows = datasets.add_cases_bulk(actor=_actor(request), dataset=target, cases=data["cases"])
+            rows = datasets.add_cases_bulk(actor=_actor(request), dataset=target, cases=data["cases"],
+                                           visible_agents=self._visible_agents())
             return Response({"results": self.get_serializer(rows, many=True).data}, status=status.HTTP_201_CREATED)
         data = validated(s.CaseWrite, request.data)
-        case = datasets.add_case(actor=_actor(request), dataset=target, **data)
+        case = datasets.add_case(actor=_actor(request), dataset=target, visible_agents=self._visible_agents(), **data)
         return Response(self.get_serializer(case).data, status=status.HTTP_201_CREATED)
 
     def retrieve(self, request, tenant, dataset, case):
@@ -97,10 +103,13 @@ class CaseViewSet(OrgScopedViewSet):
     @extend_schema(request=s.CasePatch, responses=s.CaseSerializer)
     def partial_update(self, request, tenant, dataset, case):
         changes = dict(validated(s.CasePatch, request.data))
-        return Response(self.get_serializer(datasets.update_case(actor=_actor(request), case=self.object, changes=changes)).data)
+        case = datasets.update_case(actor=_actor(request), case=self.object, changes=changes,
+                                    visible_agents=self._visible_agents())
+        return Response(self.get_serializer(case).data)
 
+    @extend_schema(responses={204: None, 409: OpenApiResponse(description="an unfinished evaluation includes the case")})
     def destroy(self, request, tenant, dataset, case):
-        self.object.delete()
+        datasets.delete_case(actor=_actor(request), case=self.object)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -170,23 +179,29 @@ class EvaluationViewSet(OrgScopedViewSet):
         runs.cancel(actor=_actor(request), evaluation=self.object)
         return Response(self.get_serializer(self.get_queryset().get(pk=self.object.pk)).data)
 
-    @extend_schema(parameters=[OpenApiParameter("baseline", str, description="an evaluation id, or 'deployed' (default): "
-                                                "the latest completed evaluation of the deployed revision on the same "
-                                                "dataset, started when missing (verdict 'pending' until it completes)")])
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "baseline", str, description="an evaluation id, or 'deployed' (default): the latest completed evaluation "
+            "of the deployed revision on the same dataset. When there is none, a caller with write rights on "
+            "evaluations (editor, or a key with evaluations:write) starts it (baselineStarted: true); for anyone "
+            "else nothing is started and the answer says so (baselineMissing: true). Either way the verdict is "
+            "'pending' until the baseline completes.")],
+        responses={200: s.CompareResponse, 400: OpenApiResponse(description="not_deployed: nothing to compare with")})
     def compare(self, request, tenant, evaluation):
         target = self.object
         wanted = request.query_params.get("baseline", "deployed")
         if wanted == "deployed":
-            baseline, started = comparing.deployed_baseline(agent=target.agent, dataset=target.dataset, start_if_missing=True)
-            if baseline is None:
-                raise InvalidRequest("The agent has nothing deployed; pass ?baseline=<evaluation id>.", code="not_deployed")
-        else:
-            baseline = self.get_queryset().filter(pk=wanted).first()
-            if baseline is None:
-                raise NotFound(f"Evaluation '{wanted}' not found.")
-            started = False
+            # Reading a comparison must not spend the agent's budget for a reader: only a caller who
+            # could POST /evaluations may trigger the missing baseline.
+            may_start = ("evaluations:write" in self.api_key.scopes if self.api_key is not None
+                         else role_at_least(self.role, EDITOR))
+            return Response(comparing.compare_with_deployed(actor=_actor(request), evaluation=target,
+                                                            may_start=may_start))
+        baseline = self.get_queryset().filter(pk=wanted).first()
+        if baseline is None:
+            raise NotFound(f"Evaluation '{wanted}' not found.")
         body = comparing.compare(target, baseline, tolerance=target.agent.gate_tolerance)
-        return Response(body | {"baselineStarted": started})
+        return Response(body | {"baselineStarted": False, "baselineMissing": False})
 
 
 class EvaluationScheduleView(OrgScopedAPIView):

@@ -3,14 +3,24 @@
 ``regressions`` are cases that passed on the baseline and fail now (matched by
 case id), critical ones first. The verdict is ``pass`` when the overall score
 is at least the baseline's minus the tolerance and no critical case regressed,
-``fail`` otherwise, and ``pending`` while either side is not completed.
+``fail`` otherwise, and ``pending`` while either side is not completed, or
+while the deployed baseline does not exist yet.
+
+Comparing with ``deployed`` starts the missing baseline evaluation only for a
+caller who may start evaluations (``may_start``: an editor, or a key with
+``evaluations:write``); anyone else gets ``verdict: "pending"`` with
+``baselineMissing: true`` and a reason saying who can start it. Reading never
+spends the agent's budget.
 """
 from __future__ import annotations
 
 from agents.models import Agent
-from orgs.actor import SYSTEM
+from fruxon.errors import InvalidRequest
+from orgs.actor import SYSTEM, Actor
 
 from ..models import Dataset, EvaluationRun
+
+START_NEEDS = {"role": "editor", "scope": "evaluations:write"}
 
 
 def latest_completed(*, revision_id: str, dataset: Dataset) -> EvaluationRun | None:
@@ -18,26 +28,52 @@ def latest_completed(*, revision_id: str, dataset: Dataset) -> EvaluationRun | N
             .order_by("-finished_at", "-created_at").first())
 
 
-def deployed_baseline(*, agent: Agent, dataset: Dataset, start_if_missing: bool) -> tuple[EvaluationRun | None, bool]:
+def unfinished(*, revision_id: str, dataset: Dataset) -> EvaluationRun | None:
+    return (EvaluationRun.objects.filter(revision_id=revision_id, dataset=dataset, status__in=("queued", "running"))
+            .order_by("-created_at").first())
+
+
+def deployed_baseline(*, agent: Agent, dataset: Dataset, start_if_missing: bool,
+                      actor: Actor = SYSTEM) -> tuple[EvaluationRun | None, bool]:
     """The latest completed evaluation of the deployed revision on ``dataset``.
 
-    With ``start_if_missing``, one is started (or an unfinished one reused) and
-    returned with ``started=True`` so the caller can say it is pending.
+    With ``start_if_missing``, one is started by ``actor`` (or an unfinished one
+    reused) and returned with ``started=True`` so the caller can say it is pending.
     """
     if agent.deployed_revision_id is None:
         return None, False
     done = latest_completed(revision_id=agent.deployed_revision_id, dataset=dataset)
     if done is not None or not start_if_missing:
         return done, False
-    pending = EvaluationRun.objects.filter(revision_id=agent.deployed_revision_id, dataset=dataset,
-                                           status__in=("queued", "running")).first()
+    pending = unfinished(revision_id=agent.deployed_revision_id, dataset=dataset)
     if pending is None:
         from .runs import start
 
-        pending = start(actor=SYSTEM, agent=agent, revision_id=agent.deployed_revision_id, dataset=dataset,
+        pending = start(actor=actor, agent=agent, revision_id=agent.deployed_revision_id, dataset=dataset,
                         trigger="baseline")
         pending.refresh_from_db()  # with eager Celery (the embedded demo) it has already run
     return pending, True
+
+
+def compare_with_deployed(*, actor: Actor, evaluation: EvaluationRun, may_start: bool) -> dict:
+    """``compare`` against the deployed baseline; starts it only when ``may_start`` (see the module doc)."""
+    agent = evaluation.agent
+    if agent.deployed_revision_id is None:
+        raise InvalidRequest("The agent has nothing deployed; pass ?baseline=<evaluation id>.", code="not_deployed")
+    baseline, started = deployed_baseline(agent=agent, dataset=evaluation.dataset, start_if_missing=may_start,
+                                          actor=actor)
+    if baseline is None:  # no completed one, and this caller may not start one: an unfinished one still counts
+        baseline = unfinished(revision_id=agent.deployed_revision_id, dataset=evaluation.dataset)
+    if baseline is None:
+        reason = (f"The deployed revision {agent.deployed_revision_id} has no completed evaluation on dataset "
+                  f"'{evaluation.dataset.slug}'. Starting one needs an editor (or an API key with the "
+                  f"evaluations:write scope): an editor calling this comparison starts it, as does "
+                  f"POST /evaluations for that revision.")
+        return {"evaluationId": evaluation.id, "baselineId": None, "tolerance": agent.gate_tolerance,
+                "verdict": "pending", "reasons": [reason], "baselineStarted": False, "baselineMissing": True,
+                "startNeeds": START_NEEDS}
+    return compare(evaluation, baseline, tolerance=agent.gate_tolerance) | {"baselineStarted": started,
+                                                                            "baselineMissing": False}
 
 
 def _delta(now, before):

@@ -11,7 +11,7 @@ from orgs.models import Organization
 from orgs.services import audit
 
 from .. import metrics as metric_lib
-from ..models import Case, Dataset
+from ..models import Case, Dataset, EvaluationRun
 
 
 def _check_metrics(metrics: list) -> None:
@@ -69,8 +69,28 @@ def get_dataset(*, organization: Organization, slug: str) -> Dataset:
     return dataset
 
 
+def check_source_runs(*, organization_id: str, run_ids, agents: list[str] | None = None) -> None:
+    """Every non-empty ``sourceRunId`` must name a run of this organization (of ``agents`` when given).
+
+    400 ``unknown_run`` otherwise; another organization's run is as unknown as
+    one that never existed (nothing tells them apart).
+    """
+    wanted = {run_id for run_id in run_ids if run_id}
+    if not wanted:
+        return
+    found = Run.objects.filter(organization_id=organization_id, pk__in=wanted)
+    if agents:
+        found = found.filter(agent__slug__in=agents)
+    missing = sorted(wanted - set(found.values_list("pk", flat=True)))
+    if missing:
+        raise InvalidRequest(f"Unknown run(s) in this organization: {', '.join(missing)}.", code="unknown_run",
+                             details={"fields": {"sourceRunId": [f"Unknown run '{run_id}'." for run_id in missing]}})
+
+
 def add_case(*, actor: Actor, dataset: Dataset, input: dict, expected=None, critical: bool = False,
-             tags: list | None = None, source_run_id: str = "") -> Case:
+             tags: list | None = None, source_run_id: str = "", visible_agents: list[str] | None = None) -> Case:
+    """One case. ``source_run_id``, when given, must be a run of the dataset's organization."""
+    check_source_runs(organization_id=dataset.organization_id, run_ids=[source_run_id], agents=visible_agents)
     with transaction.atomic():
         case = Case.objects.create(organization_id=dataset.organization_id, dataset=dataset, input=input,
                                    expected=expected, critical=critical, tags=tags or [], source_run_id=source_run_id)
@@ -78,15 +98,50 @@ def add_case(*, actor: Actor, dataset: Dataset, input: dict, expected=None, crit
     return case
 
 
-def update_case(*, actor: Actor, case: Case, changes: dict) -> Case:
-    for field, value in changes.items():
-        setattr(case, field, value)
-    case.save()
+def update_case(*, actor: Actor, case: Case, changes: dict, visible_agents: list[str] | None = None) -> Case:
+    """Change some of a case's fields (``changes`` by model field name); audited."""
+    if "source_run_id" in changes:
+        check_source_runs(organization_id=case.organization_id, run_ids=[changes["source_run_id"]],
+                          agents=visible_agents)
+    with transaction.atomic():
+        for field, value in changes.items():
+            setattr(case, field, value)
+        case.save()
+        Dataset.objects.filter(pk=case.dataset_id).update(updated_at=timezone.now())
+        audit.record(organization=case.organization, actor=actor, action="dataset.case_updated",
+                     target_type="dataset", target_id=case.dataset.slug,
+                     data={"caseId": case.pk, "fields": sorted(changes)})
     return case
 
 
-def add_cases_bulk(*, actor: Actor, dataset: Dataset, cases: list[dict]) -> list[Case]:
-    """All or nothing: one bad case leaves the dataset as it was."""
+def delete_case(*, actor: Actor, case: Case) -> None:
+    """Delete one case; the results past evaluations have for it go with it (their aggregates stay frozen).
+
+    Refused (409) while a queued or running evaluation includes the case: its
+    result could never be written, and the evaluation would never complete.
+    """
+    with transaction.atomic():
+        locked = Case.objects.select_for_update().select_related("dataset", "organization").filter(pk=case.pk).first()
+        if locked is None:
+            raise NotFound(f"Case {case.pk} not found.")
+        busy = sorted(e.id for e in EvaluationRun.objects.filter(dataset_id=locked.dataset_id,
+                                                                  status__in=("queued", "running"))
+                      .only("id", "case_ids") if locked.pk in e.case_ids)
+        if busy:
+            raise Conflict(f"Case {locked.pk} is part of unfinished evaluation(s) {', '.join(busy)}; cancel them or "
+                           "wait for them to complete first.", details={"evaluations": busy})
+        audit.record(organization=locked.organization, actor=actor, action="dataset.case_deleted",
+                     target_type="dataset", target_id=locked.dataset.slug,
+                     data={"caseId": locked.pk, "critical": locked.critical, "sourceRunId": locked.source_run_id})
+        locked.delete()
+        Dataset.objects.filter(pk=locked.dataset_id).update(updated_at=timezone.now())
+
+
+def add_cases_bulk(*, actor: Actor, dataset: Dataset, cases: list[dict],
+                   visible_agents: list[str] | None = None) -> list[Case]:
+    """All or nothing: one bad case (an unknown ``sourceRunId`` included) leaves the dataset as it was."""
+    check_source_runs(organization_id=dataset.organization_id, run_ids=[c.get("source_run_id") for c in cases],
+                      agents=visible_agents)
     with transaction.atomic():
         rows = Case.objects.bulk_create([
             Case(organization_id=dataset.organization_id, dataset=dataset, input=c["input"], expected=c.get("expected"),

@@ -1,23 +1,70 @@
 """Evaluation runs: start, evaluate cases idempotently, finalize, cancel.
 
 An evaluation freezes its dataset's metrics, threshold and case ids at start.
-Cases are evaluated in chunks by Celery tasks; each case result is written at
-most once (unique (evaluation, case)), so a redelivered chunk (a killed worker,
-``acks_late``) only fills in what is missing. Progress is the count of results.
+Cases are evaluated in chunks by Celery tasks (``evaluate_chunk``).
+
+What one chunk does, and why it is safe to run twice (``acks_late``: a killed
+worker's chunk is delivered again):
+
+* it loads what every case needs ONCE: the evaluation with its agent, revision
+  spec and budget (one query), the cases still without a result (two), the
+  prices (one cache read);
+* it runs each missing case through the engine, the same way
+  ``agents.execution.execute`` does (input validation, budget reservation per
+  model call, the immutable revision), scores it, and keeps the Run, its spans
+  and the CaseResult in memory;
+* it writes them in ONE transaction per flush (the end of the chunk, or every
+  ``FLUSH_SECONDS`` for slow models): the evaluation row is locked, cases that
+  got a result meanwhile are dropped, and the Runs, spans and CaseResults of the
+  others are inserted together. A Run of an evaluation therefore never exists
+  without its CaseResult (both commit or neither does): a redelivered chunk
+  finds either a result (and skips the case) or nothing at all, so it never
+  re-executes a case whose Run was recorded, and a killed worker leaves no
+  orphan Run behind. The work lost to a kill is what was in memory: at most
+  ``FLUSH_SECONDS`` (plus one case) per worker slot, executed again on resume.
+* the lock makes cancel final: once ``cancel`` commits, no flush writes a
+  result. Runs that already executed are still recorded (they cost money; the
+  budget ledger is reconciled against recorded runs), without results.
+
+The one case of two Runs for one (evaluation, case): the same chunk executing
+twice *at the same time* (Redis handed it out again past its visibility timeout
+while the first worker was still busy). The second flush finds the results
+written and records only its Runs (each model call did happen and cost money).
+
+llmJudge metrics run their judge model through the same per-case runtime: the
+judge's calls are priced, reserved against the evaluated agent's budget (an
+evaluation spends that agent's money), and recorded as spans of the case's Run
+(a ``step`` span named ``judge:<metric>`` with its ``llm`` span, attribute
+``judge: true``); the Run's cost includes them, so the ledger's reconciliation
+against recorded runs agrees with what was reserved. The CaseResult keeps the
+agent's own cost (``cost_usd``, what ``costCeiling`` checks) and the judge's
+(``judge_cost_usd``) apart; the evaluation's ``cost_usd`` is their sum.
+
+Progress is the count of results.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from statistics import fmean
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import connections, router, transaction
 from django.utils import timezone
 
-from agents import engine, execution
+from agents import engine
+from agents.execution import validate_input
 from agents.models import Agent, Revision
 from agents.runtime import DjangoRuntime
+from fruxon.db import PreparedQuery, release_connection
 from fruxon.errors import Conflict, FruxonError, NotFound
+from monitoring import pricing
+from monitoring.recording import record_run
 from orgs.actor import Actor
 from orgs.services import audit
 
@@ -25,7 +72,16 @@ from .. import metrics as metric_lib
 from ..models import Case, CaseResult, Dataset, EvaluationRun
 
 logger = logging.getLogger(__name__)
-CHUNK_SIZE = 10
+# Cases per chunk, i.e. per Celery task. A task has a fixed cost (Celery's Django fixup opens a fresh
+# database connection for each one), so chunks are not tiny; not large either, so the last round of
+# chunks leaves few worker slots idle (bench/evaluations.py measured 5, 10, 20 and shrinking chunks).
+CHUNK_SIZE = 20
+MIN_CHUNK_SIZE = 2
+EXPECTED_SLOTS = 16
+# A chunk's finished cases are written at its end, or sooner once this long has passed since
+# the last write: what a killed worker loses (and re-executes on resume) stays small with slow models.
+FLUSH_SECONDS = 2.0
+ZERO = Decimal("0")
 
 
 def start(*, actor: Actor, agent: Agent, revision_id: str, dataset: Dataset, trigger: str = "api") -> EvaluationRun:
@@ -51,6 +107,7 @@ def start(*, actor: Actor, agent: Agent, revision_id: str, dataset: Dataset, tri
 
 
 def cancel(*, actor: Actor, evaluation: EvaluationRun) -> EvaluationRun:
+    """queued/running -> cancelled (409 otherwise). Row-locked: no result is written after it commits."""
     with transaction.atomic():
         locked = EvaluationRun.objects.select_for_update().get(pk=evaluation.pk)
         if locked.status not in ("queued", "running"):
@@ -58,12 +115,24 @@ def cancel(*, actor: Actor, evaluation: EvaluationRun) -> EvaluationRun:
         locked.status, locked.finished_at = "cancelled", timezone.now()
         locked.save(update_fields=["status", "finished_at"])
         audit.record(organization=locked.organization, actor=actor, action="evaluation.cancelled",
-                     target_type="evaluation", target_id=locked.id)
+                     target_type="evaluation", target_id=locked.id,
+                     data={"completed": locked.results.count(), "total": locked.total})
     return locked
 
 
-def chunks(case_ids: list[int], size: int = CHUNK_SIZE) -> list[list[int]]:
-    return [case_ids[i:i + size] for i in range(0, len(case_ids), size)]
+_STAGGER = (1.0, 0.85, 0.7, 0.55)
+
+
+def chunks(case_ids: list[int], size: int | None = None) -> list[list[int]]:
+    size = size or CHUNK_SIZE
+    parts, start = [], 0
+    while start < len(case_ids):
+        remaining = len(case_ids) - start
+        full = max(1, round(size * _STAGGER[len(parts) % len(_STAGGER)]))
+        take = max(min(MIN_CHUNK_SIZE, size), min(full, -(-remaining // EXPECTED_SLOTS)))
+        parts.append(case_ids[start:start + take])
+        start += take
+    return parts
 
 
 def mark_running(evaluation_id: str) -> bool:
@@ -73,16 +142,50 @@ def mark_running(evaluation_id: str) -> bool:
     return bool(updated) or EvaluationRun.objects.filter(pk=evaluation_id, status="running").exists()
 
 
-def _judge(evaluation: EvaluationRun):
-    runtime = DjangoRuntime(organization_id=evaluation.organization_id, agent_id=evaluation.agent_id)
+class EvaluationRuntime(DjangoRuntime):
+    """A case's runtime (agent run and judge calls): the chunk's price table instead of a cache read per run."""
+
+    def __init__(self, *, prices: dict, **kwargs):
+        super().__init__(**kwargs)
+        self._prices = prices
+
+
+@dataclass
+class _Done:
+    """One evaluated case, not yet written."""
+
+    case: Case
+    result: engine.RunResult | None  # None: the case could not run (e.g. its input no longer fits)
+    case_result: CaseResult
+    runtime: EvaluationRuntime
+
+
+@dataclass
+class _Chunk:
+    """What every case of one chunk shares, loaded once."""
+
+    evaluation: EvaluationRun
+    agent: Agent
+    revision: Revision
+    budget: object
+    prices: dict
+
+    def runtime(self) -> EvaluationRuntime:
+        return EvaluationRuntime(organization_id=self.agent.organization_id, agent_id=self.agent.pk,
+                                 budget=self.budget, prices=self.prices)
+
+
+def _judge(chunk: _Chunk, runtime: EvaluationRuntime, judged: list[tuple[str, engine.RunResult]]):
+    """The llmJudge callable for one case: runs ``config["model"]`` through the case's runtime."""
 
     def judge(config: dict, observation, expected) -> tuple[float, str]:
         # The prompt travels as an input value, so text in it is never parsed as a template.
         spec = {"inputs": {"prompt": {"type": "string", "required": True}},
                 "steps": [{"name": "judge", "model": config["model"], "prompt": "{{input.prompt}}"}]}
         prompt = metric_lib.local_judge_prompt(config, observation, expected)
-        result = engine.run(spec, {"prompt": prompt}, context=engine.RunContext(agent=evaluation.agent.slug),
+        result = engine.run(spec, {"prompt": prompt}, context=engine.RunContext.for_spec(spec, agent=chunk.agent.slug),
                             runtime=runtime)
+        judged.append((metric_lib.metric_name(config), result))
         if not result.ok:
             return 0.0, f"the judge failed: {result.error['message'] if result.error else result.status}"
         return metric_lib.parse_judge_reply(result.output if isinstance(result.output, str) else str(result.output))
@@ -90,49 +193,198 @@ def _judge(evaluation: EvaluationRun):
     return judge
 
 
-def evaluate_case(evaluation: EvaluationRun, case: Case) -> CaseResult | None:
-    """Run one case and store its result; returns None if another worker stored it first."""
+def _with_judges(result: engine.RunResult, judged: list[tuple[str, engine.RunResult]]) -> engine.RunResult:
+    """The case's run with its judges' spans appended and their cost in the totals.
+
+    Each judge's step span is named ``judge:<metric>``; all its spans carry
+    ``{"judge": true, "metric": <metric>}`` in their attributes.
+    """
+    if not judged:
+        return result
+    spans = list(result.spans)
+    for metric, judge_run in judged:
+        for span in judge_run.spans:
+            name = f"judge:{metric}"[:200] if span.parent_id is None else span.name
+            spans.append(dataclasses.replace(span, name=name,
+                                             attributes={**span.attributes, "judge": True, "metric": metric}))
+    return dataclasses.replace(result, spans=spans, totals=engine.Totals.of(spans))
+
+
+def evaluate_case(chunk: _Chunk, case: Case) -> _Done:
+    """Run and score one case, in memory (nothing is written here)."""
+    evaluation, revision = chunk.evaluation, chunk.revision
+    runtime = chunk.runtime()
+    result = None
     try:
-        outcome = execution.execute(agent=evaluation.agent, input=case.input, revision_id=evaluation.revision_id,
-                                    source="evaluation")
-        run = outcome.run
-        observation = metric_lib.Observation(output=run.output, status=run.status, cost_usd=run.cost_usd,
-                                             latency_ms=run.latency_ms, input=case.input)
+        values = validate_input(revision.spec, case.input)
+        context = engine.RunContext.for_spec(revision.spec, agent=chunk.agent.slug, revision_id=revision.id)
+        release_connection()  # the engine may wait seconds on providers: do not hold a pooled connection
+        result = engine.run(revision.spec, values, context=context, runtime=runtime)
+        observation = metric_lib.Observation(output=result.output, status=result.status,
+                                             cost_usd=result.totals.cost_usd,
+                                             latency_ms=max(0, int(round(result.latency_ms))), input=case.input)
     except FruxonError as exc:  # e.g. the case input no longer fits the revision's inputs
-        run = None
-        observation = metric_lib.Observation(output=None, status="error", cost_usd=Decimal("0"), latency_ms=0,
+        observation = metric_lib.Observation(output=None, status="error", cost_usd=ZERO, latency_ms=0,
                                              input=case.input)
         logger.info("evaluation %s case %s could not run: %s", evaluation.id, case.pk, exc.message)
-    scores = metric_lib.evaluate_all(evaluation.metrics, observation, case.expected, judge=_judge(evaluation))
+    judged: list[tuple[str, engine.RunResult]] = []
+    scores = metric_lib.evaluate_all(evaluation.metrics, observation, case.expected,
+                                     judge=_judge(chunk, runtime, judged))
     score = fmean(s.score for s in scores) if scores else 0.0
     passed = all(s.passed for s in scores) and score >= evaluation.pass_threshold
-    try:
-        with transaction.atomic():
-            return CaseResult.objects.create(
-                organization_id=evaluation.organization_id, evaluation=evaluation, case=case, run=run,
-                output=observation.output, run_status=observation.status,
-                scores=[{"metric": s.metric, "score": s.score, "passed": s.passed, "reason": s.reason} for s in scores],
-                score=score, passed=passed, critical=case.critical, cost_usd=observation.cost_usd,
-                latency_ms=observation.latency_ms,
-            )
-    except IntegrityError:
+    if result is not None:
+        result = _with_judges(result, judged)
+    case_result = CaseResult(
+        organization_id=evaluation.organization_id, evaluation_id=evaluation.pk, case=case,
+        output=observation.output, run_status=observation.status, scores=[s.to_dict() for s in scores],
+        score=score, passed=passed, critical=case.critical, cost_usd=observation.cost_usd,
+        judge_cost_usd=sum((r.totals.cost_usd for _, r in judged), ZERO), latency_ms=observation.latency_ms,
+    )
+    return _Done(case=case, result=result, case_result=case_result, runtime=runtime)
+
+
+def _status_for_share(evaluation_id: str) -> str | None:
+    """The evaluation's status, its row locked FOR SHARE until the transaction ends.
+
+    Flushes share the lock (they never wait for each other); ``cancel`` and the
+    final ``maybe_finalize`` take FOR UPDATE, so they wait for flushes in
+    progress, and flushes that start after them see the new status.
+    """
+    connection = connections[router.db_for_write(EvaluationRun)]
+    table = connection.ops.quote_name(EvaluationRun._meta.db_table)
+    if connection.vendor != "postgresql":  # SQLite: one writer at a time anyway
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT status FROM {table} WHERE id = %s", [evaluation_id])
+            row = cursor.fetchone()
+        return row[0] if row else None
+    # Like every run record (FRUXON_RUN_SYNCHRONOUS_COMMIT, see settings), this transaction's commit
+    # does not wait for the WAL flush: only a PostgreSQL crash right after it can lose it, and then
+    # the chunk's cases simply have no result yet, which resume_stalled sends out again.
+    durable = settings.FRUXON_RUN_SYNCHRONOUS_COMMIT or connection.settings_dict["OPTIONS"].get("server_side_binding")
+    sync = "" if durable else "SET LOCAL synchronous_commit TO OFF; "  # two statements, one round trip
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sync}SELECT status FROM {table} WHERE id = %s FOR SHARE", [evaluation_id])
+        if sync:
+            cursor.nextset()
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _json_value(value):
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+_RESULT_FIELDS = [f for f in CaseResult._meta.concrete_fields if not f.primary_key]
+
+
+def _insert_results(rows: list[CaseResult]) -> set[int]:
+    """Insert results, skipping (evaluation, case) pairs that have one; returns the case ids inserted.
+
+    On PostgreSQL one statement: the rows travel as one JSON array read against
+    the table's own row type (as ``monitoring.recording`` writes runs), with
+    ``ON CONFLICT DO NOTHING RETURNING``, so a concurrent flush of the same
+    cases is detected without a query of its own. Elsewhere (SQLite, the demo)
+    the ORM.
+    """
+    if not rows:
+        return set()
+    connection = connections[router.db_for_write(CaseResult)]
+    if connection.vendor != "postgresql":
+        have = set(CaseResult.objects.filter(evaluation_id=rows[0].evaluation_id,
+                                             case_id__in=[r.case_id for r in rows]).values_list("case_id", flat=True))
+        fresh = [r for r in rows if r.case_id not in have]
+        CaseResult.objects.bulk_create(fresh, ignore_conflicts=True)
+        return {r.case_id for r in fresh}
+    quote = connection.ops.quote_name
+    table = quote(CaseResult._meta.db_table)
+    columns = ", ".join(quote(f.column) for f in _RESULT_FIELDS)
+    records = json.dumps([{f.column: _json_value(getattr(row, f.attname)) for f in _RESULT_FIELDS} for row in rows])
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s) "
+                       f"ON CONFLICT ({quote('evaluation_id')}, {quote('case_id')}) DO NOTHING "
+                       f"RETURNING {quote('case_id')}", [records])
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _flush(chunk: _Chunk, done: list[_Done]) -> tuple[int, bool, int]:
+    """Write evaluated cases in one transaction.
+
+    Returns (results written, evaluation still running, results the evaluation has now).
+    """
+    evaluation = chunk.evaluation
+    with transaction.atomic():
+        running = _status_for_share(evaluation.pk) in ("queued", "running")
+        rows = []
+        for item in done:
+            run = None
+            if item.result is not None:
+                run = record_run(organization_id=evaluation.organization_id, agent_id=chunk.agent.pk,
+                                 revision_id=chunk.revision.id, result=item.result, source="evaluation",
+                                 input=item.case.input)
+            item.case_result.run = run
+            rows.append(item.case_result)
+        inserted, results = set(), 0
+        if running:  # after a cancel: the runs are recorded (they ran), their results are not
+            # A concurrent flush of the same cases (the chunk delivered twice at once) may have committed
+            # first: its results stay, these are dropped (ON CONFLICT DO NOTHING on (evaluation, case)).
+            inserted = _insert_results(rows)
+            for row in rows:
+                if row.case_id not in inserted:
+                    logger.warning("evaluation %s case %s was evaluated twice at once; the first result stays",
+                                   evaluation.pk, row.case_id)
+    if running:
+        # Counted after the commit: of two flushes finishing at once, the later committer sees both
+        # (inside the transaction neither would see the other's rows, and neither would finalize).
+        results = CaseResult.objects.filter(evaluation_id=evaluation.pk).count()
+    for item in done:
+        item.runtime.alert_if_needed()  # budget thresholds crossed by these runs, once they are recorded
+    return len(inserted), running, results
+
+
+_CHUNK_LOOKUP = PreparedQuery(
+    lambda evaluation_id: EvaluationRun.objects.select_related("agent", "agent__budget", "revision")
+    .filter(pk=evaluation_id), ("eval-prepared-lookup",))
+
+
+def _load_chunk(evaluation_id: str) -> _Chunk | None:
+    """The evaluation, its agent (with its budget) and revision spec in one query compiled once per process."""
+    evaluation = _CHUNK_LOOKUP.first(evaluation_id)
+    if evaluation is None or evaluation.status not in ("queued", "running"):
         return None
+    agent = evaluation.agent
+    return _Chunk(evaluation=evaluation, agent=agent, revision=evaluation.revision,
+                  budget=getattr(agent, "budget", None),
+                  prices=pricing.cached_prices(organization_id=agent.organization_id, agent_id=agent.pk))
 
 
 def evaluate_chunk(evaluation_id: str, case_ids: list[int]) -> int:
-    """Evaluate the cases of one chunk that have no result yet; returns how many this call wrote."""
-    evaluation = EvaluationRun.objects.select_related("agent").filter(pk=evaluation_id).first()
-    if evaluation is None or evaluation.status not in ("queued", "running"):
+    """Evaluate the cases of one chunk that have no result yet; returns how many this call wrote.
+
+    About a dozen queries per chunk however many cases it holds, plus one
+    statement per recorded run (``monitoring.recording.record_run``).
+    """
+    chunk = _load_chunk(evaluation_id)
+    if chunk is None:
         return 0
-    mark_running(evaluation_id)
-    done = set(CaseResult.objects.filter(evaluation_id=evaluation_id, case_id__in=case_ids).values_list("case_id", flat=True))
-    written = 0
-    for case in Case.objects.filter(pk__in=[c for c in case_ids if c not in done]).order_by("id"):
-        if EvaluationRun.objects.filter(pk=evaluation_id, status="cancelled").exists():
-            break
-        if evaluate_case(evaluation, case) is not None:
-            written += 1
-    maybe_finalize(evaluation_id)
+    if chunk.evaluation.status == "queued" and not mark_running(evaluation_id):
+        return 0
+    cases = list(Case.objects.filter(pk__in=case_ids, dataset_id=chunk.evaluation.dataset_id)
+                 .exclude(pk__in=CaseResult.objects.filter(evaluation_id=evaluation_id).values("case_id"))
+                 .order_by("id").only("id", "input", "expected", "critical"))
+    written, pending, last_flush, results = 0, [], time.monotonic(), None
+    for index, case in enumerate(cases, 1):
+        pending.append(evaluate_case(chunk, case))
+        if index == len(cases) or time.monotonic() - last_flush >= FLUSH_SECONDS:
+            count, running, results = _flush(chunk, pending)
+            written, pending, last_flush = written + count, [], time.monotonic()
+            if not running:
+                return written
+    if results is None or results >= chunk.evaluation.total:  # nothing left here, or maybe the last chunk
+        maybe_finalize(evaluation_id)
     return written
 
 
@@ -147,17 +399,26 @@ def aggregate(evaluation: EvaluationRun) -> dict:
                "passRate": round(sum(1 for s in scores if s["passed"]) / len(scores), 6), "count": len(scores)}
         for name, scores in per_metric.items()
     }
+    agent_cost = sum((r.cost_usd for r in results), ZERO)
+    judge_cost = sum((r.judge_cost_usd for r in results), ZERO)
     return {
         "metrics": metrics,
         "overallScore": round(fmean(r.score for r in results), 6) if results else None,
         "passRate": round(sum(1 for r in results if r.passed) / len(results), 6) if results else None,
         "criticalFailures": sum(1 for r in results if r.critical and not r.passed),
-        "costUsd": sum((r.cost_usd for r in results), Decimal("0")),
+        "agentCostUsd": agent_cost, "judgeCostUsd": judge_cost, "costUsd": agent_cost + judge_cost,
     }
 
 
 def maybe_finalize(evaluation_id: str) -> bool:
-    """Complete the evaluation once every case has a result (idempotent, row-locked)."""
+    """Complete the evaluation once every case has a result (idempotent, row-locked).
+
+    Called after every chunk: the lock-free count comes first, so chunks still
+    running do not queue behind a lock for nothing.
+    """
+    total = EvaluationRun.objects.filter(pk=evaluation_id).values_list("total", flat=True).first()
+    if total is None or CaseResult.objects.filter(evaluation_id=evaluation_id).count() < total:
+        return False
     with transaction.atomic():
         evaluation = EvaluationRun.objects.select_for_update().filter(pk=evaluation_id).first()
         if evaluation is None or evaluation.status not in ("queued", "running"):
@@ -165,7 +426,9 @@ def maybe_finalize(evaluation_id: str) -> bool:
         if evaluation.results.count() < evaluation.total:
             return False
         summary = aggregate(evaluation)
-        evaluation.aggregates = {"metrics": summary["metrics"], "criticalFailures": summary["criticalFailures"]}
+        evaluation.aggregates = {"metrics": summary["metrics"], "criticalFailures": summary["criticalFailures"],
+                                 "agentCostUsd": format(summary["agentCostUsd"], "f"),
+                                 "judgeCostUsd": format(summary["judgeCostUsd"], "f")}
         evaluation.overall_score, evaluation.pass_rate = summary["overallScore"], summary["passRate"]
         evaluation.cost_usd = summary["costUsd"]
         evaluation.status, evaluation.finished_at = "completed", timezone.now()

@@ -2,8 +2,11 @@
 
 "Keep a deployed baseline": every ``every_hours`` the deployed revision is
 evaluated on the agent's gating dataset. When such an evaluation completes
-below the previous completed one on the same dataset, an alert goes out
-(webhook signed with HMAC, and email) through ``monitoring.alerts``. Due rows
+below the previous completed *scheduled* evaluation of the agent on the same
+dataset, an alert goes out (webhook signed with HMAC, and email) through
+``monitoring.alerts``. Other evaluations on that dataset in between (candidate
+revisions, manual runs, baselines started by a compare) are not the series
+being watched: they neither raise a false alarm nor hide a real drop. Due rows
 are claimed like scheduled deployments: skip-locked select plus a
 compare-and-set on ``next_run_at``.
 """
@@ -65,13 +68,13 @@ def start_due(*, now=None, limit: int = 100) -> list[str]:
 
 
 def after_completion(evaluation_id: str) -> None:
-    """Alert when a scheduled evaluation scores below the previous completed one on its dataset."""
+    """Alert when a scheduled evaluation scores below the previous completed scheduled one on its dataset."""
     evaluation = EvaluationRun.objects.select_related("agent", "organization", "dataset").filter(pk=evaluation_id).first()
     if evaluation is None or evaluation.trigger != "schedule" or evaluation.overall_score is None:
         return
     schedule = EvaluationSchedule.objects.filter(agent=evaluation.agent).first()
     previous = (EvaluationRun.objects.filter(agent=evaluation.agent, dataset=evaluation.dataset, status="completed",
-                                             finished_at__lt=evaluation.finished_at)
+                                             trigger="schedule", finished_at__lt=evaluation.finished_at)
                 .exclude(pk=evaluation.pk).order_by("-finished_at").first())
     if schedule is None or previous is None or previous.overall_score is None:
         return

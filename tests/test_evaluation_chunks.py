@@ -1,0 +1,214 @@
+"""One evaluation chunk, delivered more than once: each case runs, is recorded and is charged once.
+
+``evaluate_chunk`` is acked late, so Redis hands a chunk to another worker when
+the first one dies. These tests play the deliveries in process: the task called
+twice, a worker dying in the middle of a chunk (a crash injected between two
+cases), a cancel landing while a chunk is in flight, and the same chunk
+evaluated twice at the same moment.
+"""
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from evaluations import tasks
+from evaluations.models import CaseResult, EvaluationRun
+from evaluations.services import datasets, dispatch, runs
+from monitoring.ledger import BudgetState, from_units, ledger
+from monitoring.models import Budget, Run
+from monitoring.pricing import set_overrides
+
+from .builders import SYSTEM, agent_with_revision, local_spec
+
+CASES = 10
+
+
+class WorkerKilled(BaseException):
+    """Stands for SIGKILL: nothing after it in the process runs (not even ``except Exception``)."""
+
+
+@pytest.fixture
+def evaluation(org, monkeypatch):
+    """A queued evaluation of 10 priced cases; the agent has a budget, so every model call is charged."""
+    agent, revision = agent_with_revision(org, "support", local_spec("answer {{input.question}}"))
+    set_overrides(actor=SYSTEM, organization=org, agent=agent, rows=[{
+        "provider": "fruxon-local", "model": "*", "inputPerMillion": Decimal("10000"), "outputPerMillion": Decimal("10000")}])
+    Budget.objects.create(organization=org, agent=agent, period="day", amount_usd=Decimal("1000"), enforce=True)
+    dataset = datasets.create_dataset(actor=SYSTEM, organization=org, slug="golden", metrics=[{"type": "contains"}])
+    datasets.add_cases_bulk(actor=SYSTEM, dataset=dataset, cases=[
+        {"input": {"question": f"q{i}"}, "expected": f"q{i}"} for i in range(CASES)])
+    monkeypatch.setattr(dispatch, "enqueue", lambda evaluation_id: None)  # deliveries are played by each test
+    return runs.start(actor=SYSTEM, agent=agent, revision_id=revision.id, dataset=dataset)
+
+
+def _runs(evaluation) -> int:
+    return Run.objects.filter(agent_id=evaluation.agent_id, source="evaluation").count()
+
+
+def _charged(evaluation) -> Decimal:
+    """What the budget ledger holds as spent for the agent today."""
+    state = BudgetState.of(Budget.objects.get(agent_id=evaluation.agent_id), timezone.now())
+    return from_units(ledger().usage(state)[0])
+
+
+def _recorded(evaluation) -> Decimal:
+    return sum((r.cost_usd for r in Run.objects.filter(agent_id=evaluation.agent_id)), Decimal("0"))
+
+
+def _kill_before_case(monkeypatch, number: int) -> None:
+    """The worker dies just before evaluating its ``number``-th case (1-based)."""
+    real, calls = runs.evaluate_case, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise WorkerKilled()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "evaluate_case", dying)
+
+
+def _kill_after_recording(monkeypatch, number: int) -> None:
+    """The worker dies right after its ``number``-th Run was written, before anything else."""
+    from agents import execution
+    from monitoring import recording
+
+    real, calls = recording.record_run, {"n": 0}
+
+    def dying(*args, **kwargs):
+        run = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise WorkerKilled()
+        return run
+
+    for module in (runs, execution):  # wherever the evaluation path records its runs from
+        monkeypatch.setattr(module, "record_run", dying, raising=False)
+
+
+KILLS = {"before-case": _kill_before_case, "after-run-recorded": _kill_after_recording}
+
+
+def test_chunk_task_delivered_twice_runs_each_case_once(evaluation, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = tasks.evaluate_chunk.apply(args=[evaluation.id, evaluation.case_ids]).get()
+    assert first == CASES and _runs(evaluation) == CASES
+    charged = _charged(evaluation)
+    assert charged > 0 and charged == _recorded(evaluation)
+    with django_capture_on_commit_callbacks(execute=True):
+        again = tasks.evaluate_chunk.apply(args=[evaluation.id, evaluation.case_ids]).get()
+    assert again == 0
+    assert _runs(evaluation) == CASES and _charged(evaluation) == charged  # nothing re-executed, nothing re-charged
+    results = CaseResult.objects.filter(evaluation=evaluation)
+    assert results.count() == CASES and len({r.run_id for r in results}) == CASES and None not in {r.run_id for r in results}
+    evaluation.refresh_from_db()
+    assert evaluation.status == "completed" and evaluation.overall_score == 1.0
+
+
+@pytest.mark.parametrize("kill", sorted(KILLS))
+@pytest.mark.parametrize("flush_seconds", [0.0, 3600.0], ids=["flushed-after-each-case", "flushed-at-chunk-end"])
+def test_worker_killed_mid_chunk_resumes_without_duplicate_runs(evaluation, monkeypatch, flush_seconds, kill,
+                                                                 django_capture_on_commit_callbacks):
+    monkeypatch.setattr(runs, "FLUSH_SECONDS", flush_seconds, raising=False)
+    KILLS[kill](monkeypatch, 5)
+    with pytest.raises(WorkerKilled):
+        runs.evaluate_chunk(evaluation.id, evaluation.case_ids)
+    written = CaseResult.objects.filter(evaluation=evaluation).count()
+    # Runs and results are written together: whatever the dead worker had recorded has its result too
+    assert written == (4 if flush_seconds == 0 else 0)
+    assert _runs(evaluation) == written
+    monkeypatch.undo()  # the chunk comes back to a healthy worker
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.evaluate_chunk.apply(args=[evaluation.id, evaluation.case_ids]).get() == CASES - written
+    assert CaseResult.objects.filter(evaluation=evaluation).count() == CASES
+    assert _runs(evaluation) == CASES  # the recorded cases were not executed again
+    # What the dead worker had executed but not written (when it flushes only at the chunk's end: at
+    # most FLUSH_SECONDS of work per worker slot) was really spent at the provider, so the ledger keeps
+    # it; every recorded case was charged exactly once.
+    per_case = _recorded(evaluation) / CASES
+    if kill == "before-case":
+        executed_before_kill = 4
+    else:  # killed while writing: after the 5th case (flushing each case), or in the chunk's one flush
+        executed_before_kill = 5 if flush_seconds == 0 else CASES
+    assert _charged(evaluation) == _recorded(evaluation) + (executed_before_kill - written) * per_case
+    assert EvaluationRun.objects.get(pk=evaluation.pk).status == "completed"
+
+
+def test_cancel_while_a_chunk_is_in_flight_writes_no_result(evaluation):
+    chunk = runs._load_chunk(evaluation.id)
+    runs.mark_running(evaluation.id)
+    cases = list(evaluation.dataset.cases.order_by("id")[:3])
+    done = [runs.evaluate_case(chunk, case) for case in cases]  # executed, not yet written...
+    runs.cancel(actor=SYSTEM, evaluation=evaluation)  # ...when the cancel commits
+    written, running, _ = runs._flush(chunk, done)
+    assert (written, running) == (0, False)
+    assert not CaseResult.objects.filter(evaluation=evaluation).exists()
+    # the model calls did happen: their runs are recorded (and their cost stays on the ledger)
+    assert _runs(evaluation) == 3 and _charged(evaluation) == _recorded(evaluation)
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids) == 0 and _runs(evaluation) == 3
+    assert EvaluationRun.objects.get(pk=evaluation.pk).status == "cancelled"
+
+
+def test_same_chunk_evaluated_twice_at_once_keeps_the_first_result(evaluation, caplog):
+    """Redis re-delivered a chunk past its visibility timeout while the first worker was still on it."""
+    chunk = runs._load_chunk(evaluation.id)
+    runs.mark_running(evaluation.id)
+    case = evaluation.dataset.cases.order_by("id").first()
+    first, second = runs.evaluate_case(chunk, case), runs.evaluate_case(chunk, case)
+    assert runs._flush(chunk, [first])[0] == 1
+    with caplog.at_level(logging.WARNING, logger="evaluations.services.runs"):
+        assert runs._flush(chunk, [second])[0] == 0
+    assert "evaluated twice at once" in caplog.text
+    result = CaseResult.objects.get(evaluation=evaluation, case=case)
+    assert result.run_id == first.case_result.run.id
+    # both executions really called the model: both runs are recorded and charged, one result counts
+    assert _runs(evaluation) == 2 and _charged(evaluation) == _recorded(evaluation)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_last_two_chunks_finishing_together_complete_the_evaluation(monkeypatch):
+    """Two workers write the last two chunks at the same moment: one of them must finalize."""
+    import threading
+
+    from django.db import connection
+
+    from . import factories as f
+
+    org = f.OrganizationFactory(slug="acme")
+    agent, revision = agent_with_revision(org, "support", local_spec("answer {{input.question}}"))
+    dataset = datasets.create_dataset(actor=SYSTEM, organization=org, slug="golden", metrics=[{"type": "contains"}])
+    datasets.add_cases_bulk(actor=SYSTEM, dataset=dataset, cases=[
+        {"input": {"question": f"q{i}"}, "expected": f"q{i}"} for i in range(2)])
+    monkeypatch.setattr(dispatch, "enqueue", lambda evaluation_id: None)
+    evaluation = runs.start(actor=SYSTEM, agent=agent, revision_id=revision.id, dataset=dataset)
+    both_inserted = threading.Barrier(2, timeout=30)
+    real_insert = runs._insert_results
+
+    def insert_then_wait(rows):
+        inserted = real_insert(rows)
+        both_inserted.wait()  # neither transaction has committed yet
+        return inserted
+
+    monkeypatch.setattr(runs, "_insert_results", insert_then_wait)
+    errors = []
+
+    def worker(case_id):
+        try:
+            runs.evaluate_chunk(evaluation.id, [case_id])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(case_id,)) for case_id in evaluation.case_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    evaluation.refresh_from_db()
+    assert CaseResult.objects.filter(evaluation=evaluation).count() == 2
+    assert evaluation.status == "completed" and evaluation.overall_score == 1.0
