@@ -121,6 +121,7 @@ OBJECTS: dict[str, Target] = {
     "evaluation-cancel": Target(lambda w: {"evaluation": w.a_evaluation.id}),
     "evaluation-schedule": Target(lambda w: {"agent": "alpha-agent"}),
     "agent-budget": Target(lambda w: {"agent": "alpha-agent"}),
+    "agent-budget-correct": Target(lambda w: {"agent": "alpha-agent"}),
     "org-export": Target(),
     "org-import": Target(),
     "agent-promote": Target(lambda w: {"agent": "alpha-agent"}),

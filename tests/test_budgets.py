@@ -226,6 +226,35 @@ def test_correcting_spent_down_is_explicit_and_audited(org, runner, owner, ledge
         assert event.actor_label == "user:olivia"
 
 
+def test_budget_correction_over_the_api(org, runner, owner_client, editor, viewer, api):
+    agent = priced_agent(org)
+    url = "/v1/acme/agents/support/budget:correct"
+    assert owner_client.post(url, {"spentUsd": "0", "reason": "r"}, format="json").status_code == 404  # no budget yet
+    budget = Budget.objects.create(organization=org, agent=agent, period="month", amount_usd=Decimal("10"))
+    assert _execute(runner).status_code == 200
+    state = BudgetState.of(budget, timezone.now())
+    recorded = ledger().usage(state)[0]
+    ledger().raise_spent(state, recorded + 50_000_000)  # $0.50 that no run shows (a wrong price, since fixed)
+    for client in (api.as_user(editor), api.as_user(viewer)):
+        assert client.post(url, {"spentUsd": "0", "reason": "r"}, format="json").status_code == 403
+    for bad in ({"spentUsd": "0", "reason": "below the runs"}, {"spentUsd": str(from_units(recorded)), "reason": " "},
+                {"spentUsd": "-1", "reason": "negative"}, {"reason": "no amount"},
+                {"spentUsd": "1", "reason": "x", "extra": 1}):
+        refused = owner_client.post(url, bad, format="json")
+        assert refused.status_code == 400, (bad, refused.content)
+        assert refused.json()["error"]["code"] == "invalid_request" and refused.json()["error"]["details"]["fields"]
+    assert ledger().usage(state)[0] == recorded + 50_000_000 and not AuditEvent.objects.filter(
+        action="budget.corrected").exists()  # nothing half-written
+    done = owner_client.post(url, {"spentUsd": str(from_units(recorded)), "reason": "provider refund"}, format="json")
+    assert done.status_code == 200, done.content
+    body = done.json()
+    assert Decimal(body["spentUsd"]) == from_units(recorded) and body["reason"] == "provider refund"
+    assert Decimal(body["previousUsd"]) == from_units(recorded + 50_000_000) and body["amountUsd"] == "10.0000"
+    assert Decimal(owner_client.get("/v1/acme/agents/support/budget").json()["spentUsd"]) == from_units(recorded)
+    event = AuditEvent.objects.get(action="budget.corrected")
+    assert event.actor_label == "user:olivia" and event.data["reason"] == "provider refund"
+
+
 @pytest.mark.parametrize("ledger_settings", LEDGERS)
 def test_a_run_stops_mid_way_when_its_next_call_is_refused(org, runner, ledger_settings):
     """The budget admits the run's first model call but not its second: the run stops there, recorded."""

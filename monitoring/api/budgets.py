@@ -1,4 +1,8 @@
-"""``/agents/{agent}/budget``: read (with live spend) for viewers, set and remove for owners."""
+"""``/agents/{agent}/budget``: read (with live spend) for viewers, set and remove for owners.
+
+``/agents/{agent}/budget:correct`` (beyond API.md): an owner sets the current
+period's spent, down as well as up, with a reason; audited (``budget.corrected``).
+"""
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -40,6 +44,17 @@ class BudgetOut(serializers.Serializer):
     resetsAt = serializers.DateTimeField()
 
 
+class BudgetCorrect(StrictSerializer):
+    spentUsd = serializers.DecimalField(max_digits=14, decimal_places=8, min_value=0,
+                                        help_text="the current period's spent; not below what its recorded runs cost")
+    reason = serializers.CharField(max_length=500, help_text="why (a fixed price, a provider refund); kept in the audit log")
+
+
+class BudgetCorrected(BudgetOut):
+    previousUsd = serializers.CharField(help_text="spent before the correction")
+    reason = serializers.CharField()
+
+
 class BudgetView(OrgScopedAPIView):
     access = {"GET": Access(VIEWER, "budgets:read"), "PUT": Access(OWNER, "budgets:write"),
               "DELETE": Access(OWNER, "budgets:write")}
@@ -64,3 +79,21 @@ class BudgetView(OrgScopedAPIView):
     def delete(self, request, tenant, agent):
         budgets.delete_budget(actor=Actor.from_request(request), agent=self.agent)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class BudgetCorrectionView(OrgScopedAPIView):
+    """The explicit, audited way down: spent otherwise only ever rises (reconciliation never lowers it)."""
+
+    access = {"POST": Access(OWNER, "budgets:write")}
+
+    @extend_schema(request=BudgetCorrect, responses={
+        200: BudgetCorrected,
+        400: OpenApiResponse(description="invalid_request: no reason, or spentUsd below the recorded runs' cost"),
+        404: OpenApiResponse(description="the agent has no budget")})
+    def post(self, request, tenant, agent):
+        data = validated(BudgetCorrect, request.data)
+        correction = budgets.correct_spent(actor=Actor.from_request(request), agent=self.agent,
+                                           spent_usd=data["spentUsd"], reason=data["reason"])
+        budget = Budget.objects.get(agent=self.agent)
+        return Response(BudgetCorrected(budgets.status(budget) | {"previousUsd": correction["previousUsd"],
+                                                                  "reason": correction["reason"]}).data)

@@ -16,4 +16,5 @@ tenant_urls = [
          name="conversation-detail"),
     path("metrics", views.MetricsView.as_view(), name="org-metrics"),
     path("agents/<name:agent>/budget", budgets.BudgetView.as_view(), name="agent-budget"),
+    path("agents/<name:agent>/budget:correct", budgets.BudgetCorrectionView.as_view(), name="agent-budget-correct"),
 ]
