@@ -15,6 +15,10 @@ from .models import EvaluationRun
 from .services.compare import compare, latest_completed
 
 
+def _score(value) -> str:
+    return "no score" if value is None else f"{value:.3f}"
+
+
 def evaluation_item(agent: Agent, revision: Revision):
     from deployments.readiness import Item
 
@@ -24,18 +28,21 @@ def evaluation_item(agent: Agent, revision: Revision):
         if latest is None:
             return Item("evaluation", "warn", "No evaluation and no gating dataset: the candidate has not been scored.")
         return Item("evaluation", "warn", f"No gating dataset; latest evaluation {latest.id} on {latest.dataset.slug} "
-                    f"scored {latest.overall_score:.3f}.", {"evaluationId": latest.id})
+                    f"scored {_score(latest.overall_score)}.", {"evaluationId": latest.id})
     candidate = latest_completed(revision_id=revision.id, dataset=dataset)
     if candidate is None:
         return Item("evaluation", "fail", f"No completed evaluation of {revision.id} on the gating dataset "
                     f"'{dataset.slug}'. POST /evaluations to run one.", {"dataset": dataset.slug})
     data = {"dataset": dataset.slug, "evaluationId": candidate.id, "score": candidate.overall_score,
             "tolerance": agent.gate_tolerance}
+    if candidate.overall_score is None:
+        return Item("evaluation", "fail", f"{candidate.id} scored no case (the dataset '{dataset.slug}' had none).",
+                    data)
     if agent.deployed_revision_id is None or agent.deployed_revision_id == revision.id:
         failed = candidate.aggregates.get("criticalFailures", 0)
         if failed:
             return Item("evaluation", "fail", f"{failed} critical case(s) fail in {candidate.id}.", data)
-        return Item("evaluation", "pass", f"{candidate.id} scored {candidate.overall_score:.3f} with no critical "
+        return Item("evaluation", "pass", f"{candidate.id} scored {_score(candidate.overall_score)} with no critical "
                     "failure (no deployed baseline to compare with).", data)
     baseline = latest_completed(revision_id=agent.deployed_revision_id, dataset=dataset)
     if baseline is None:
@@ -47,5 +54,5 @@ def evaluation_item(agent: Agent, revision: Revision):
              "criticalRegressions": result["criticalRegressions"], "regressions": len(result["regressions"])}
     if result["verdict"] != "pass":
         return Item("evaluation", "fail", "; ".join(result["reasons"]), data)
-    return Item("evaluation", "pass", f"{candidate.id} scored {candidate.overall_score:.3f} against the deployed "
-                f"{baseline.overall_score:.3f} (tolerance {agent.gate_tolerance}); no critical regression.", data)
+    return Item("evaluation", "pass", f"{candidate.id} scored {_score(candidate.overall_score)} against the deployed "
+                f"{_score(baseline.overall_score)} (tolerance {agent.gate_tolerance}); no critical regression.", data)

@@ -79,6 +79,10 @@ class EvaluationRun(TenantModel):
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # resume_stalled's bookkeeping: when it last sent this evaluation's missing work out again, and
+    # how many times in a row it did so without a new result since (it fails the evaluation past a cap).
+    resumed_at = models.DateTimeField(null=True, blank=True)
+    resumes = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-id"]

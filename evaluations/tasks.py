@@ -1,20 +1,29 @@
 """Celery tasks for evaluations: thin, id-taking, idempotent (DESIGN rule 9).
 
 ``run_evaluation`` fans the frozen case list out in chunks to the
-``evaluations`` queue; each ``evaluate_chunk`` fills in missing results only,
-so a chunk redelivered after a worker died resumes without duplicates. An
-empty evaluation completes at once. ``resume_stalled`` (beat) re-sends the
-missing chunks of evaluations that stopped making progress.
+``evaluations`` queue, once: only the delivery that moves the evaluation from
+queued to running sends them. Each ``evaluate_chunk`` fills in missing results
+only, and claims each case while it runs it, so a chunk redelivered after a
+worker died resumes without duplicates, and two deliveries of one chunk at the
+same time never run a case twice.
+
+``resume_stalled`` (beat, every minute) looks for evaluations with no new
+result for ``STALL_AFTER``: a queued one gets ``run_evaluation`` again (its
+first send was lost, e.g. the broker was down at commit), a running one gets
+its missing cases again. It resumes an evaluation at most once per
+``STALL_AFTER``; after ``MAX_RESUMES`` resumes in a row without a new result
+the evaluation fails, with the reason, instead of resuming forever.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 
 from celery import shared_task
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 STALL_AFTER = timedelta(minutes=5)
+MAX_RESUMES = 6  # about half an hour without a single new result
 
 
 @shared_task(name="evaluations.run_evaluation", acks_late=True, reject_on_worker_lost=True, queue="evaluations",
@@ -24,8 +33,8 @@ def run_evaluation(evaluation_id: str) -> int:
     from .services import runs
 
     evaluation = EvaluationRun.objects.filter(pk=evaluation_id).first()
-    if evaluation is None or not runs.mark_running(evaluation_id):
-        return 0
+    if evaluation is None or not runs.begin(evaluation_id):
+        return 0  # gone, final, or already fanned out by an earlier delivery (resume_stalled covers a lost one)
     parts = runs.chunks(evaluation.case_ids)
     if not parts:
         runs.maybe_finalize(evaluation_id)
@@ -43,23 +52,41 @@ def evaluate_chunk(evaluation_id: str, case_ids: list[int]) -> int:
 
 
 @shared_task(name="evaluations.resume_stalled", acks_late=True, reject_on_worker_lost=True)
-def resume_stalled() -> list[str]:
-    """Re-send the missing cases of running evaluations with no new result for STALL_AFTER."""
+def resume_stalled(now=None) -> list[str]:
+    """Send out again the work of unfinished evaluations with no new result for STALL_AFTER (see the module doc)."""
     from .models import EvaluationRun
     from .services import runs
 
+    now = now or timezone.now()
+    cutoff = now - STALL_AFTER
     resumed = []
-    cutoff = timezone.now() - STALL_AFTER
-    for evaluation in EvaluationRun.objects.filter(status="running", started_at__lt=cutoff):
+    candidates = (EvaluationRun.objects
+                  .filter(Q(status="running", started_at__lt=cutoff) | Q(status="queued", created_at__lt=cutoff))
+                  .filter(Q(resumed_at__isnull=True) | Q(resumed_at__lt=cutoff)))
+    for evaluation in candidates:
         last = evaluation.results.aggregate(last=Max("created_at"))["last"]
         if last and last > cutoff:
             continue
-        done = set(evaluation.results.values_list("case_id", flat=True))
-        missing = [c for c in evaluation.case_ids if c not in done]
-        for part in runs.chunks(missing):
-            evaluate_chunk.delay(evaluation.id, part)
-        if not missing:
-            runs.maybe_finalize(evaluation.id)
+        progressed = last is not None and evaluation.resumed_at is not None and last > evaluation.resumed_at
+        resumes = 1 if progressed else evaluation.resumes + 1
+        # Compare-and-set: of two beat ticks (or two beat processes) only one resumes it.
+        if not EvaluationRun.objects.filter(pk=evaluation.pk, status=evaluation.status,
+                                            resumed_at=evaluation.resumed_at).update(resumed_at=now, resumes=resumes):
+            continue
+        if resumes > MAX_RESUMES:
+            runs.fail(evaluation.id, f"No progress for {MAX_RESUMES} resumes in a row "
+                      f"({int(STALL_AFTER.total_seconds() // 60)} minutes apart): the workers could not evaluate "
+                      "the remaining cases. Their runs and errors are under /runs?source=evaluation.")
+            continue
+        if evaluation.status == "queued":
+            run_evaluation.delay(evaluation.id)
+        else:
+            done = set(evaluation.results.values_list("case_id", flat=True))
+            missing = [c for c in evaluation.case_ids if c not in done]
+            for part in runs.chunks(missing):
+                evaluate_chunk.delay(evaluation.id, part)
+            if not missing:
+                runs.maybe_finalize(evaluation.id)
         resumed.append(evaluation.id)
     return resumed
 

@@ -11,9 +11,13 @@ Without a pool it does nothing: a persistent connection is kept (reconnecting
 would cost more than it saves), and so is any connection inside a transaction.
 
 ``PreparedQuery``: a lookup compiled once per process (see its docstring).
+
+``pg_json``: JSON text that PostgreSQL's ``jsonb`` accepts, whatever a model replied.
 """
 from __future__ import annotations
 
+import json
+import math
 import threading
 
 from django.db import connections, router
@@ -92,3 +96,33 @@ class PreparedQuery:
         for populator in get_related_populators(klass_info, select, alias):
             populator.populate(row, obj)
         return obj
+
+
+def _scrub(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_scrub(k) if isinstance(k, str) else k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def pg_json(value) -> str:
+    """``value`` as JSON text PostgreSQL's ``jsonb`` (and its text columns) accept.
+
+    Model replies are arbitrary: a NUL character (``jsonb`` refuses ``\\u0000``,
+    text columns refuse NUL bytes) or a NaN/Infinity (``json.loads`` accepts
+    them, JSON does not) would make the whole statement fail, and with it the
+    run's record. The common case is one ``json.dumps``; only a document that
+    has either is rebuilt, NUL as U+FFFD and non-finite numbers as null.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except ValueError:
+        text = None
+    if text is not None and "\\u0000" not in text:
+        return text
+    return json.dumps(_scrub(value), allow_nan=False)

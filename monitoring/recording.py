@@ -12,6 +12,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from agents.engine import RunResult
+from fruxon.db import pg_json
 
 from .models import Conversation, Run, Span
 
@@ -57,7 +58,7 @@ def _as_records(objs: list, connection) -> str | None:
                 return None
             record[field.column] = value
         records.append(record)
-    return json.dumps(records)
+    return pg_json(records)
 
 
 def _write_run_and_spans(run: Run, spans: list[Span]) -> None:

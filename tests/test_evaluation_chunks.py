@@ -9,9 +9,11 @@ evaluated twice at the same moment.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 
 from evaluations import tasks
@@ -120,7 +122,8 @@ def test_worker_killed_mid_chunk_resumes_without_duplicate_runs(evaluation, monk
     # Runs and results are written together: whatever the dead worker had recorded has its result too
     assert written == (4 if flush_seconds == 0 else 0)
     assert _runs(evaluation) == written
-    monkeypatch.undo()  # the chunk comes back to a healthy worker
+    monkeypatch.undo()  # the chunk comes back to a healthy worker...
+    cache.clear()  # ...after the dead worker's case claims expired (FRUXON_EVALUATION_CLAIM_SECONDS)
     with django_capture_on_commit_callbacks(execute=True):
         assert tasks.evaluate_chunk.apply(args=[evaluation.id, evaluation.case_ids]).get() == CASES - written
     assert CaseResult.objects.filter(evaluation=evaluation).count() == CASES
@@ -212,3 +215,104 @@ def test_the_last_two_chunks_finishing_together_complete_the_evaluation(monkeypa
     evaluation.refresh_from_db()
     assert CaseResult.objects.filter(evaluation=evaluation).count() == 2
     assert evaluation.status == "completed" and evaluation.overall_score == 1.0
+
+
+def test_cases_another_delivery_holds_are_skipped_until_its_claims_expire(evaluation):
+    """The same chunk delivered twice at once: the cases one delivery holds, the other does not run."""
+    held = evaluation.case_ids[:4]
+    for case_id in held:  # the first delivery is running these right now
+        assert runs.claim_case(evaluation.id, case_id)
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids) == CASES - 4
+    assert _runs(evaluation) == CASES - 4 and _charged(evaluation) == _recorded(evaluation)
+    assert not CaseResult.objects.filter(evaluation=evaluation, case_id__in=held).exists()
+    assert EvaluationRun.objects.get(pk=evaluation.pk).status == "running"  # not complete without them
+    for case_id in held:  # the first delivery died; its claims expire
+        runs.release_claim(evaluation.id, case_id)
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids) == 4
+    assert _runs(evaluation) == CASES and EvaluationRun.objects.get(pk=evaluation.pk).status == "completed"
+
+
+def test_unreachable_ledger_leaves_the_case_for_later_instead_of_scoring_it(evaluation, settings):
+    """A ledger outage is not the revision's fault: no result (no 0 score), the evaluation keeps running."""
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids[:3]) == 3
+    settings.FRUXON_LEDGER, settings.FRUXON_LEDGER_REDIS_URL = "redis", "redis://127.0.0.1:1/0"
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids[3:]) == 0
+    assert CaseResult.objects.filter(evaluation=evaluation).count() == 3
+    failed_run = Run.objects.get(agent_id=evaluation.agent_id, source="evaluation", status="error")
+    assert failed_run.error["code"] == "ledger_unavailable" and failed_run.cost_usd == 0
+    stuck = EvaluationRun.objects.get(pk=evaluation.pk)
+    assert stuck.status == "running" and stuck.error == ""
+    settings.FRUXON_LEDGER = "database"  # the ledger is back; the case's claim was released at once
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids[3:]) == CASES - 3
+    done = EvaluationRun.objects.get(pk=evaluation.pk)
+    assert done.status == "completed" and done.overall_score == 1.0
+
+
+def test_budget_cap_fails_the_evaluation_with_its_reason(evaluation):
+    """The agent's cap is reached mid-evaluation: it stops, failed, instead of scoring refused cases 0."""
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids[:2]) == 2
+    Budget.objects.filter(agent_id=evaluation.agent_id).update(amount_usd=_recorded(evaluation))  # now exhausted
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids[2:]) == 0
+    failed = EvaluationRun.objects.get(pk=evaluation.pk)
+    assert failed.status == "failed" and "budget cap" in failed.error and failed.finished_at
+    assert CaseResult.objects.filter(evaluation=evaluation).count() == 2
+    assert Run.objects.filter(agent_id=evaluation.agent_id, status="budget_exceeded").count() == 1
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids) == 0  # later deliveries do nothing
+
+
+def test_run_evaluation_delivered_twice_fans_out_once(evaluation, monkeypatch):
+    sent = []
+    monkeypatch.setattr(tasks.evaluate_chunk, "delay", lambda *args: sent.append(args))
+    assert tasks.run_evaluation(evaluation.id) == len(runs.chunks(evaluation.case_ids))
+    first = list(sent)
+    assert sorted(c for _, part in first for c in part) == sorted(evaluation.case_ids)
+    assert tasks.run_evaluation(evaluation.id) == 0 and sent == first  # the redelivery sends nothing
+
+
+class TestResumeStalled:
+    """``resume_stalled``: lost sends and dead workers are resumed, once per window, and not forever."""
+
+    def test_a_running_evaluation_without_progress_gets_its_missing_cases_again(self, evaluation,
+                                                                                django_capture_on_commit_callbacks):
+        assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids[:4]) == 4  # then the worker died
+        later = timezone.now() + tasks.STALL_AFTER + timedelta(seconds=1)
+        assert tasks.resume_stalled(now=later - timedelta(minutes=1)) == []  # not stalled yet
+        with django_capture_on_commit_callbacks(execute=True):
+            assert tasks.resume_stalled(now=later) == [evaluation.id]  # eager Celery: the chunks run at once
+        done = EvaluationRun.objects.get(pk=evaluation.pk)
+        assert done.status == "completed" and done.resumes == 1 and done.resumed_at == later
+        assert _runs(evaluation) == CASES
+
+    def test_a_queued_evaluation_whose_send_was_lost_is_sent_again(self, evaluation):
+        later = evaluation.created_at + tasks.STALL_AFTER + timedelta(seconds=1)
+        assert tasks.resume_stalled(now=later) == [evaluation.id]
+        assert EvaluationRun.objects.get(pk=evaluation.pk).status == "completed"
+
+    def test_once_per_window_and_failed_after_the_cap(self, evaluation, monkeypatch):
+        sent = []
+        monkeypatch.setattr(tasks.evaluate_chunk, "delay", lambda *args: sent.append(args))  # workers all dead
+        runs.mark_running(evaluation.id)
+        now = timezone.now() + tasks.STALL_AFTER + timedelta(seconds=1)
+        for attempt in range(1, tasks.MAX_RESUMES + 1):
+            assert tasks.resume_stalled(now=now) == [evaluation.id]
+            assert tasks.resume_stalled(now=now + timedelta(minutes=1)) == []  # a minute later: not again
+            assert EvaluationRun.objects.get(pk=evaluation.pk).resumes == attempt
+            now += tasks.STALL_AFTER + timedelta(seconds=1)
+        assert len(sent) == tasks.MAX_RESUMES * len(runs.chunks(evaluation.case_ids))
+        assert tasks.resume_stalled(now=now) == []
+        failed = EvaluationRun.objects.get(pk=evaluation.pk)
+        assert failed.status == "failed" and "No progress" in failed.error
+        assert len(sent) == tasks.MAX_RESUMES * len(runs.chunks(evaluation.case_ids))  # nothing more sent
+
+    def test_progress_between_resumes_resets_the_count(self, evaluation, monkeypatch):
+        monkeypatch.setattr(tasks.evaluate_chunk, "delay", lambda *args: None)
+        runs.mark_running(evaluation.id)
+        now = timezone.now() + tasks.STALL_AFTER + timedelta(seconds=1)
+        for _ in range(3):
+            tasks.resume_stalled(now=now)
+            now += tasks.STALL_AFTER * 2
+        assert EvaluationRun.objects.get(pk=evaluation.pk).resumes == 3
+        runs.evaluate_chunk(evaluation.id, evaluation.case_ids[:1])  # a worker came back and wrote one result...
+        CaseResult.objects.filter(evaluation=evaluation).update(created_at=now - tasks.STALL_AFTER * 1.5)  # after the last resume
+        assert tasks.resume_stalled(now=now) == [evaluation.id]  # ...then stalled again
+        assert EvaluationRun.objects.get(pk=evaluation.pk).resumes == 1

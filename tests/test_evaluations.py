@@ -26,7 +26,7 @@ from monitoring.pricing import set_overrides
 from orgs.models import AuditEvent
 
 from . import factories as f
-from .builders import SYSTEM, agent_with_revision, run_once
+from .builders import SYSTEM, agent_with_revision, local_spec, run_once
 
 
 def spec_replying(template: str, prompt: str = "{{input.question}}") -> dict:
@@ -502,7 +502,11 @@ def test_llm_judge_through_the_engine(org, editor_client, versions, commits):
 
 
 def test_llm_judge_refused_by_the_agents_budget(org, editor_client, versions, commits):
-    """A budget that admits the agent's call but not the judge's: the judge fails closed, the case fails."""
+    """A budget that admits the agent's call but not the judge's: the evaluation stops, failed, with the reason.
+
+A case the budget refused to grade says nothing of the revision: scoring it 0
+would fail the gate and fire the score-drop alert for the wrong reason.
+"""
     agent = versions[0]
     set_overrides(actor=SYSTEM, organization=org, agent=agent, rows=[
         {"provider": "fruxon-local", "model": "local", "inputPerMillion": Decimal("0"), "outputPerMillion": Decimal("0")},
@@ -515,9 +519,92 @@ def test_llm_judge_refused_by_the_agents_budget(org, editor_client, versions, co
         {"type": "llmJudge", "rubric": "Polite?", "model": judge_model}]}, format="json")
     editor_client.post("/v1/acme/datasets/judged/cases", {"input": {"question": "hi"}}, format="json")
     body = _evaluate(editor_client, versions[1].id, commits, dataset="judged")
-    result = body["results"][0]
-    assert result["runStatus"] == "ok" and result["passed"] is False
-    assert result["scores"][0]["score"] == 0.0 and "the judge failed" in result["scores"][0]["reason"]
-    assert "budget" in result["scores"][0]["reason"]
-    judge_step = Span.objects.get(run_id=result["runId"], name="judge:llmJudge")
+    assert body["status"] == "failed" and body["results"] == [] and body["overallScore"] is None
+    assert "budget" in body["error"] and "raise the budget" in body["error"]
+    event = AuditEvent.objects.get(action="evaluation.failed", target_id=body["id"])
+    assert event.actor_label == "system" and event.data["completed"] == 0
+    # the agent's call and the refused judge call are recorded (they ran, or tried to), as a run without a result
+    run = Run.objects.get(source="evaluation", agent=agent)
+    assert not CaseResult.objects.exists()
+    judge_step = Span.objects.get(run=run, name="judge:llmJudge")
     assert judge_step.status == "budget_exceeded"
+
+
+def test_an_empty_dataset_cannot_be_evaluated(org, editor_client, versions, commits):
+    editor_client.post("/v1/acme/datasets", {"slug": "empty", "metrics": [{"type": "exact"}]}, format="json")
+    with commits():
+        response = editor_client.post("/v1/acme/evaluations", {"agent": "support", "revisionId": versions[1].id,
+                                                               "dataset": "empty"}, format="json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "empty_dataset"
+    assert not EvaluationRun.objects.exists() and not AuditEvent.objects.filter(action="evaluation.started").exists()
+    # the gate says why instead of failing on a missing score
+    editor_client.patch("/v1/acme/agents/support", {"gatingDataset": "empty"}, format="json")
+    readiness = editor_client.get(f"/v1/acme/agents/support/readiness?revisionId={versions[1].id}")
+    assert readiness.status_code == 200, readiness.content
+
+
+def test_keys_limited_to_other_agents_do_not_see_evaluations(org, editor_client, api, golden, versions, commits):
+    evaluation = _evaluate(editor_client, versions[1].id, commits)
+    _, other = f.api_key(org, preset="builder", agents=["billing"])
+    _, mine = f.api_key(org, preset="builder", agents=["support"])
+    hidden = api.as_key(other)
+    assert hidden.get("/v1/acme/evaluations").json()["results"] == []
+    assert hidden.get(f"/v1/acme/evaluations/{evaluation['id']}").status_code in (403, 404)
+    assert [e["id"] for e in api.as_key(mine).get("/v1/acme/evaluations").json()["results"]] == [evaluation["id"]]
+
+
+def test_a_baseline_must_be_an_evaluation_of_the_same_dataset(org, editor_client, golden, versions, commits):
+    editor_client.post("/v1/acme/datasets", {"slug": "other", "metrics": [{"type": "exact"}]}, format="json")
+    editor_client.post("/v1/acme/datasets/other/cases", {"input": {"question": "alpha"}, "expected": "alpha"},
+                       format="json")
+    on_golden = _evaluate(editor_client, versions[1].id, commits)
+    on_other = _evaluate(editor_client, versions[1].id, commits, dataset="other")
+    response = editor_client.get(f"/v1/acme/evaluations/{on_golden['id']}:compare?baseline={on_other['id']}")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_baseline"
+    assert editor_client.get(f"/v1/acme/evaluations/{on_golden['id']}:compare?baseline=eval_nope").status_code == 404
+
+
+def test_model_replies_postgresql_would_refuse_are_still_recorded(org, editor_client, commits):
+    """A NUL character in a model's reply (jsonb and text columns refuse it) must not lose the run or the result."""
+    from agents.engine.testing import start_openai_stub
+
+    base_url, stub = start_openai_stub(script=[{"content": "before\u0000after"}])
+    try:
+        spec = {"inputs": {"question": {"type": "string", "required": True}},
+                "steps": [{"name": "answer", "prompt": "{{input.question}}",
+                           "model": {"provider": "openai", "name": "gpt-4o-mini", "baseUrl": base_url}}],
+                "output": "{{steps.answer.output}}"}
+        agent, revision = agent_with_revision(org, "nul", spec)
+        run = run_once(agent, "q")
+        assert Run.objects.get(pk=run.id).output == "before\ufffdafter" and run.status == "ok"
+        editor_client.post("/v1/acme/datasets", {"slug": "nul", "metrics": [{"type": "contains"}]}, format="json")
+        editor_client.post("/v1/acme/datasets/nul/cases", {"input": {"question": "q"}, "expected": "after"},
+                           format="json")
+        with commits():
+            started = editor_client.post("/v1/acme/evaluations", {"agent": "nul", "revisionId": revision.id,
+                                                                  "dataset": "nul"}, format="json")
+    finally:
+        stub.close()
+    body = editor_client.get(f"/v1/acme/evaluations/{started.json()['id']}").json()
+    assert body["status"] == "completed" and body["results"][0]["passed"] is True
+    assert body["results"][0]["output"] == "before\ufffdafter"
+
+
+def test_request_bodies_with_nul_characters_are_refused_whole(org, editor_client, golden):
+    before = Case.objects.count()
+    for body in ({"input": {"question": "a\u0000b"}}, {"cases": [{"input": {"q\u0000": "x"}}]}):
+        response = editor_client.post("/v1/acme/datasets/golden/cases", body, format="json")
+        assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+        assert "NUL" in response.json()["error"]["message"]
+    assert Case.objects.count() == before
+    bad_spec = editor_client.post("/v1/acme/agents", {"name": "x", "spec": local_spec("a\u0000")}, format="json")
+    assert bad_spec.status_code == 400 and not Agent.objects.filter(slug="x").exists()
+
+
+def test_pg_json_keeps_documents_postgresql_accepts():
+    from fruxon.db import pg_json
+
+    assert json.loads(pg_json({"a": [1, 2.5, "x"]})) == {"a": [1, 2.5, "x"]}
+    assert json.loads(pg_json({"k\u0000": [float("nan"), float("inf"), "a\u0000b", 1.0]})) == {
+        "k\ufffd": [None, None, "a\ufffdb", 1.0]}
+    assert json.loads(pg_json({"literal": "\\u0000"})) == {"literal": "\\u0000"}  # a backslash text, kept

@@ -112,6 +112,8 @@ class EvaluationSerializer(serializers.ModelSerializer):
     costUsd = serializers.DecimalField(source="cost_usd", max_digits=18, decimal_places=8,
                                        help_text="everything the evaluation spent: the agent's runs and the llmJudge "
                                                  "calls (aggregates has agentCostUsd and judgeCostUsd)")
+    error = serializers.CharField(help_text="why a failed evaluation stopped (the agent's budget cap, no progress "
+                                            "after repeated resumes); '' otherwise")
     createdBy = serializers.CharField(source="created_by_label")
     createdAt = serializers.DateTimeField(source="created_at")
     startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
@@ -120,7 +122,7 @@ class EvaluationSerializer(serializers.ModelSerializer):
     class Meta:
         model = EvaluationRun
         fields = ["id", "agent", "revisionId", "dataset", "status", "trigger", "progress", "metrics", "passThreshold",
-                  "aggregates", "overallScore", "passRate", "costUsd", "createdBy", "createdAt", "startedAt",
+                  "aggregates", "overallScore", "passRate", "costUsd", "error", "createdBy", "createdAt", "startedAt",
                   "finishedAt"]
 
     def get_progress(self, evaluation) -> dict:

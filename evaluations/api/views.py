@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from fruxon.api.base import Access, OrgScopedAPIView, OrgScopedGenericAPIView, OrgScopedViewSet
 from fruxon.api.serializers import validated
-from fruxon.errors import NotFound
+from fruxon.errors import InvalidRequest, NotFound
 from monitoring.models import Run
 from orgs.actor import Actor
 from orgs.roles import EDITOR, VIEWER, role_at_least
@@ -149,6 +149,9 @@ class EvaluationViewSet(OrgScopedViewSet):
 
     def refine_queryset(self, queryset):
         queryset = queryset.select_related("agent", "dataset").annotate(done_count=Count("results"))
+        key = self.api_key  # a key limited to some agents sees only their evaluations (as GET /runs does)
+        if key is not None and key.agents:
+            queryset = queryset.filter(agent__slug__in=key.agents)
         params = self.request.query_params
         for param, field in (("agent", "agent__slug"), ("revisionId", "revision_id"), ("dataset", "dataset__slug"),
                              ("status", "status")):
@@ -200,6 +203,10 @@ class EvaluationViewSet(OrgScopedViewSet):
         baseline = self.get_queryset().filter(pk=wanted).first()
         if baseline is None:
             raise NotFound(f"Evaluation '{wanted}' not found.")
+        if baseline.dataset_id != target.dataset_id:  # cases are matched by id: only one dataset compares
+            raise InvalidRequest(f"Evaluation '{wanted}' ran on dataset '{baseline.dataset.slug}', not "
+                                 f"'{target.dataset.slug}'; a baseline must be an evaluation of the same dataset.",
+                                 code="invalid_baseline", details={"fields": {"baseline": ["Another dataset."]}})
         body = comparing.compare(target, baseline, tolerance=target.agent.gate_tolerance)
         return Response(body | {"baselineStarted": False, "baselineMissing": False})
 

@@ -14,6 +14,8 @@ spends the agent's budget.
 """
 from __future__ import annotations
 
+from django.db import transaction
+
 from agents.models import Agent
 from fruxon.errors import InvalidRequest
 from orgs.actor import SYSTEM, Actor
@@ -45,13 +47,17 @@ def deployed_baseline(*, agent: Agent, dataset: Dataset, start_if_missing: bool,
     done = latest_completed(revision_id=agent.deployed_revision_id, dataset=dataset)
     if done is not None or not start_if_missing:
         return done, False
-    pending = unfinished(revision_id=agent.deployed_revision_id, dataset=dataset)
-    if pending is None:
-        from .runs import start
+    from .runs import start
 
-        pending = start(actor=actor, agent=agent, revision_id=agent.deployed_revision_id, dataset=dataset,
-                        trigger="baseline")
-        pending.refresh_from_db()  # with eager Celery (the embedded demo) it has already run
+    with transaction.atomic():
+        # The agent row lock makes "is one unfinished? if not, start one" atomic: two editors comparing
+        # at once (or a compare and the schedule's tick) start one baseline between them, not two.
+        Agent.objects.select_for_update().filter(pk=agent.pk).values_list("pk", flat=True).first()
+        pending = unfinished(revision_id=agent.deployed_revision_id, dataset=dataset)
+        if pending is None:
+            pending = start(actor=actor, agent=agent, revision_id=agent.deployed_revision_id, dataset=dataset,
+                            trigger="baseline")
+    pending.refresh_from_db()  # with eager Celery (the embedded demo) it has already run
     return pending, True
 
 
@@ -113,7 +119,9 @@ def compare(evaluation: EvaluationRun, baseline: EvaluationRun, *, tolerance: fl
     regressions.sort(key=lambda r: (not r["critical"], r["caseId"]))
     critical = [r for r in regressions if r["critical"]]
     reasons = []
-    if evaluation.overall_score < baseline.overall_score - tolerance:
+    if evaluation.overall_score is None or baseline.overall_score is None:  # nothing was scored (no cases)
+        reasons.append("an evaluation without scored cases cannot be compared")
+    elif evaluation.overall_score < baseline.overall_score - tolerance:
         reasons.append(f"overall score {evaluation.overall_score:.4f} is below the baseline's "
                        f"{baseline.overall_score:.4f} minus tolerance {tolerance}")
     if critical:

@@ -26,10 +26,23 @@ worker's chunk is delivered again):
   result. Runs that already executed are still recorded (they cost money; the
   budget ledger is reconciled against recorded runs), without results.
 
-The one case of two Runs for one (evaluation, case): the same chunk executing
-twice *at the same time* (Redis handed it out again past its visibility timeout
-while the first worker was still busy). The second flush finds the results
-written and records only its Runs (each model call did happen and cost money).
+Two deliveries of one chunk at the same time (Redis handed it out again past
+its visibility timeout while the first worker was still busy, or
+``resume_stalled`` re-sent the cases of an evaluation stuck behind a long
+queue) do not both run a case: each case is claimed (``claim_case``, a cache
+``add`` with a lease) right before it runs, and a claimed case is skipped. The
+lease (``FRUXON_EVALUATION_CLAIM_SECONDS``) is at most the visibility timeout,
+so a killed worker's cases are free again by the time its chunk comes back.
+Should two executions still meet (a case running longer than its lease), the
+second flush finds the result written and records only its Run (that model
+call did happen and cost money).
+
+A case whose run (or judge) was refused by the agent's budget cap, or stopped
+because the budget ledger was unreachable, is not scored: that says nothing of
+the revision, and a 0 would fail the gate and fire the score-drop alert. The
+budget cap fails the evaluation with the reason (``fail``); an unreachable
+ledger ends the chunk and leaves the case for ``resume_stalled``. The Run is
+recorded either way.
 
 llmJudge metrics run their judge model through the same per-case runtime: the
 judge's calls are priced, reserved against the evaluated agent's budget (an
@@ -45,7 +58,6 @@ Progress is the count of results.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -54,6 +66,7 @@ from decimal import Decimal
 from statistics import fmean
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connections, router, transaction
 from django.utils import timezone
 
@@ -61,8 +74,8 @@ from agents import engine
 from agents.execution import validate_input
 from agents.models import Agent, Revision
 from agents.runtime import DjangoRuntime
-from fruxon.db import PreparedQuery, release_connection
-from fruxon.errors import Conflict, FruxonError, NotFound
+from fruxon.db import PreparedQuery, pg_json, release_connection
+from fruxon.errors import Conflict, FruxonError, InvalidRequest, NotFound
 from monitoring import pricing
 from monitoring.recording import record_run
 from orgs.actor import Actor
@@ -90,8 +103,16 @@ def start(*, actor: Actor, agent: Agent, revision_id: str, dataset: Dataset, tri
         raise NotFound(f"Revision '{revision_id}' not found for agent '{agent.slug}'.")
     if dataset.organization_id != agent.organization_id:
         raise NotFound(f"Dataset '{dataset.slug}' not found.")
-    case_ids = list(Case.objects.filter(dataset=dataset).order_by("id").values_list("id", flat=True))
     with transaction.atomic():
+        # The cases are locked until the evaluation row commits: ``delete_case`` (which locks its case,
+        # then looks for unfinished evaluations holding it) either runs first, and the case is not
+        # frozen in, or waits and then sees this evaluation (409). A frozen case that vanished would
+        # never get its result, and the evaluation would never complete.
+        case_ids = list(Case.objects.select_for_update().filter(dataset=dataset).order_by("id")
+                        .values_list("id", flat=True))
+        if not case_ids:
+            raise InvalidRequest(f"Dataset '{dataset.slug}' has no cases: add some before evaluating.",
+                                 code="empty_dataset")
         evaluation = EvaluationRun.objects.create(
             organization_id=agent.organization_id, agent=agent, revision=revision, dataset=dataset, trigger=trigger,
             metrics=dataset.metrics, pass_threshold=dataset.pass_threshold, case_ids=case_ids, total=len(case_ids),
@@ -135,6 +156,12 @@ def chunks(case_ids: list[int], size: int | None = None) -> list[list[int]]:
     return parts
 
 
+def begin(evaluation_id: str) -> bool:
+    """queued -> running; True only for the one call that made the move (so only it fans the chunks out)."""
+    return bool(EvaluationRun.objects.filter(pk=evaluation_id, status="queued").update(status="running",
+                                                                                       started_at=timezone.now()))
+
+
 def mark_running(evaluation_id: str) -> bool:
     """queued -> running; False when the evaluation is gone or no longer runnable."""
     updated = EvaluationRun.objects.filter(pk=evaluation_id, status="queued").update(status="running",
@@ -156,8 +183,9 @@ class _Done:
 
     case: Case
     result: engine.RunResult | None  # None: the case could not run (e.g. its input no longer fits)
-    case_result: CaseResult
+    case_result: CaseResult | None  # None: the outcome says nothing of the revision (see _stop_reason)
     runtime: EvaluationRuntime
+    judged: list = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -240,7 +268,67 @@ def evaluate_case(chunk: _Chunk, case: Case) -> _Done:
         score=score, passed=passed, critical=case.critical, cost_usd=observation.cost_usd,
         judge_cost_usd=sum((r.totals.cost_usd for _, r in judged), ZERO), latency_ms=observation.latency_ms,
     )
-    return _Done(case=case, result=result, case_result=case_result, runtime=runtime)
+    return _Done(case=case, result=result, case_result=case_result, runtime=runtime, judged=judged)
+
+
+def _stop_reason(item: _Done) -> tuple[str, str] | None:
+    """Why a case's outcome must not be scored: ``("budget", why)`` or ``("ledger", why)``; None to score it.
+
+    A run (the agent's, or a judge's) refused by the agent's budget cap, or
+    stopped because the budget ledger could not be reached, says nothing about
+    the revision's quality; scoring it 0 would fail the gate and fire the
+    score-drop alert for the wrong reason.
+    """
+    for result in [item.result, *(run for _, run in item.judged)]:
+        if result is None:
+            continue
+        code = (result.error or {}).get("code")
+        if result.status == "budget_exceeded" or code == "budget_exceeded":
+            return "budget", (f"The agent's budget cap stopped the evaluation at case {item.case.pk}: raise the "
+                              "budget or wait for its next period, then start the evaluation again.")
+        if code == "ledger_unavailable":
+            return "ledger", f"The budget ledger could not be reached at case {item.case.pk}."
+    return None
+
+
+def _claim_key(evaluation_id: str, case_id: int) -> str:
+    return f"eval-claim:{evaluation_id}:{case_id}"
+
+
+def claim_case(evaluation_id: str, case_id: int) -> bool:
+    """Take (evaluation, case) for this worker until its result is written or the claim expires.
+
+    A chunk delivered twice at the same time (Redis past its visibility timeout
+    while the first worker is still busy, or ``resume_stalled`` re-sending the
+    chunks of an evaluation stuck behind a long queue) finds the cases the other
+    delivery holds taken, and skips them: no case is executed (and charged)
+    twice. A killed worker's claims expire after
+    ``FRUXON_EVALUATION_CLAIM_SECONDS`` (at most the visibility timeout), in time
+    for the redelivery to take the cases again.
+    """
+    return cache.add(_claim_key(evaluation_id, case_id), 1, timeout=settings.FRUXON_EVALUATION_CLAIM_SECONDS)
+
+
+def release_claim(evaluation_id: str, case_id: int) -> None:
+    cache.delete(_claim_key(evaluation_id, case_id))
+
+
+def fail(evaluation_id: str, error: str) -> bool:
+    """queued/running -> failed with ``error`` (row-locked, audited as the system); False if already final."""
+    from orgs.actor import SYSTEM
+
+    with transaction.atomic():
+        locked = (EvaluationRun.objects.select_for_update(of=("self",)).select_related("organization")
+                  .filter(pk=evaluation_id).first())
+        if locked is None or locked.status not in ("queued", "running"):
+            return False
+        locked.status, locked.error, locked.finished_at = "failed", error[:2000], timezone.now()
+        locked.save(update_fields=["status", "error", "finished_at"])
+        audit.record(organization=locked.organization, actor=SYSTEM, action="evaluation.failed",
+                     target_type="evaluation", target_id=locked.id,
+                     data={"error": locked.error, "completed": locked.results.count(), "total": locked.total})
+    logger.warning("evaluation %s failed: %s", evaluation_id, error)
+    return True
 
 
 def _status_for_share(evaluation_id: str) -> str | None:
@@ -302,7 +390,7 @@ def _insert_results(rows: list[CaseResult]) -> set[int]:
     quote = connection.ops.quote_name
     table = quote(CaseResult._meta.db_table)
     columns = ", ".join(quote(f.column) for f in _RESULT_FIELDS)
-    records = json.dumps([{f.column: _json_value(getattr(row, f.attname)) for f in _RESULT_FIELDS} for row in rows])
+    records = pg_json([{f.column: _json_value(getattr(row, f.attname)) for f in _RESULT_FIELDS} for row in rows])
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s) "
                        f"ON CONFLICT ({quote('evaluation_id')}, {quote('case_id')}) DO NOTHING "
@@ -325,8 +413,9 @@ def _flush(chunk: _Chunk, done: list[_Done]) -> tuple[int, bool, int]:
                 run = record_run(organization_id=evaluation.organization_id, agent_id=chunk.agent.pk,
                                  revision_id=chunk.revision.id, result=item.result, source="evaluation",
                                  input=item.case.input)
-            item.case_result.run = run
-            rows.append(item.case_result)
+            if item.case_result is not None:  # None: recorded (it ran, it may have spent), not scored
+                item.case_result.run = run
+                rows.append(item.case_result)
         inserted, results = set(), 0
         if running:  # after a cancel: the runs are recorded (they ran), their results are not
             # A concurrent flush of the same cases (the chunk delivered twice at once) may have committed
@@ -376,13 +465,33 @@ def evaluate_chunk(evaluation_id: str, case_ids: list[int]) -> int:
                  .exclude(pk__in=CaseResult.objects.filter(evaluation_id=evaluation_id).values("case_id"))
                  .order_by("id").only("id", "input", "expected", "critical"))
     written, pending, last_flush, results = 0, [], time.monotonic(), None
-    for index, case in enumerate(cases, 1):
-        pending.append(evaluate_case(chunk, case))
-        if index == len(cases) or time.monotonic() - last_flush >= FLUSH_SECONDS:
+    for case in cases:
+        if not claim_case(evaluation_id, case.pk):
+            logger.info("evaluation %s case %s is in another worker's hands; skipped", evaluation_id, case.pk)
+            continue
+        item = evaluate_case(chunk, case)
+        stop = _stop_reason(item)
+        if stop is not None:
+            item.case_result = None
+        pending.append(item)
+        if stop is not None or time.monotonic() - last_flush >= FLUSH_SECONDS:
             count, running, results = _flush(chunk, pending)
             written, pending, last_flush = written + count, [], time.monotonic()
+            if stop is not None:
+                kind, why = stop
+                if kind == "budget":
+                    fail(evaluation_id, why)
+                else:  # transient: the case is left without a result; resume_stalled sends it out again
+                    release_claim(evaluation_id, case.pk)
+                    logger.warning("evaluation %s: %s The chunk stops here; it is resumed later.", evaluation_id, why)
+                return written
             if not running:
                 return written
+    if pending:
+        count, running, results = _flush(chunk, pending)
+        written += count
+        if not running:
+            return written
     if results is None or results >= chunk.evaluation.total:  # nothing left here, or maybe the last chunk
         maybe_finalize(evaluation_id)
     return written

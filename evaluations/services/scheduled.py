@@ -12,6 +12,7 @@ compare-and-set on ``next_run_at``.
 """
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.db import transaction
@@ -24,6 +25,8 @@ from orgs.actor import SYSTEM, Actor
 from orgs.services import audit
 
 from ..models import EvaluationRun, EvaluationSchedule
+
+logger = logging.getLogger(__name__)
 
 
 def set_schedule(*, actor: Actor, agent: Agent, every_hours: int, enabled: bool = True, alert_webhook: str = "",
@@ -60,8 +63,12 @@ def start_due(*, now=None, limit: int = 100) -> list[str]:
             agent = schedule.agent
             if agent.deployed_revision_id is None or agent.gating_dataset_id is None:
                 continue
-            evaluation = start(actor=SYSTEM, agent=agent, revision_id=agent.deployed_revision_id,
-                               dataset=agent.gating_dataset, trigger="schedule")
+            try:
+                evaluation = start(actor=SYSTEM, agent=agent, revision_id=agent.deployed_revision_id,
+                                   dataset=agent.gating_dataset, trigger="schedule")
+            except InvalidRequest as exc:  # e.g. the gating dataset has no cases yet: try again next period
+                logger.warning("scheduled evaluation of %s skipped: %s", agent.slug, exc.message)
+                continue
             EvaluationSchedule.objects.filter(pk=schedule.pk).update(last_evaluation=evaluation)
             started.append(evaluation.id)
     return started
