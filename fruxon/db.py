@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 
 from django.db import connections, router
@@ -98,31 +99,62 @@ class PreparedQuery:
         return obj
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones survive json.loads; PostgreSQL refuses them
+
+
 def _scrub(value):
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {_scrub(k) if isinstance(k, str) else k: _scrub(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_scrub(v) for v in value]
-    return value
+    """``value`` with NUL and lone surrogates as U+FFFD and non-finite numbers as None (iterative: any depth)."""
+    def clean_str(text: str) -> str:
+        return _SURROGATE.sub("\ufffd", text.replace("\x00", "\ufffd"))
+
+    def clean(item):
+        if isinstance(item, str):
+            return clean_str(item)
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        return item
+
+    root = [value]
+    stack = [(root, 0)]
+    while stack:
+        holder, key = stack.pop()
+        item = holder[key]
+        if isinstance(item, dict):
+            copy = {clean_str(k) if isinstance(k, str) else k: v for k, v in item.items()}
+            holder[key] = copy
+            stack.extend((copy, k) for k in copy)
+        elif isinstance(item, (list, tuple)):
+            copy = list(item)
+            holder[key] = copy
+            stack.extend((copy, i) for i in range(len(copy)))
+        else:
+            holder[key] = clean(item)
+    return root[0]
+
+
+def needs_scrub(text: str) -> bool:
+    """Whether JSON text (ASCII, as ``json.dumps`` writes it) may hold a NUL or a surrogate escape.
+
+    ``\\ud`` also matches U+D000-U+D7FF (Hangul) and a backslash followed by
+    "ud" or "u0000" as text: those take the slow path for nothing, never a wrong one.
+    """
+    return "\\u0000" in text or "\\ud" in text or "\\uD" in text
 
 
 def pg_json(value) -> str:
     """``value`` as JSON text PostgreSQL's ``jsonb`` (and its text columns) accept.
 
     Model replies are arbitrary: a NUL character (``jsonb`` refuses ``\\u0000``,
-    text columns refuse NUL bytes) or a NaN/Infinity (``json.loads`` accepts
-    them, JSON does not) would make the whole statement fail, and with it the
-    run's record. The common case is one ``json.dumps``; only a document that
-    has either is rebuilt, NUL as U+FFFD and non-finite numbers as null.
+    text columns refuse NUL bytes), a lone surrogate (not Unicode) or a
+    NaN/Infinity (``json.loads`` accepts them, JSON does not) would make the
+    whole statement fail, and with it the run's record. The common case is one
+    ``json.dumps`` and a substring scan; only a document that may hold one of
+    them is rebuilt, NUL and lone surrogates as U+FFFD, non-finite numbers as null.
     """
     try:
         text = json.dumps(value, allow_nan=False)
     except ValueError:
         text = None
-    if text is not None and "\\u0000" not in text:
+    if text is not None and not needs_scrub(text):
         return text
     return json.dumps(_scrub(value), allow_nan=False)

@@ -198,10 +198,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_interval": max(1, min(10, _VISIBILITY // 2)),
     "unacked_restore_throttle": 1 if _VISIBILITY < 60 else 10,
 }
-# How long a worker holds an evaluation case it is running (evaluations.services.runs.claim_case):
-# no longer than the visibility timeout, so a killed worker's cases are free again when its chunk
-# comes back; a case running longer than this could be executed a second time by a redelivery.
-FRUXON_EVALUATION_CLAIM_SECONDS = int(os.environ.get("FRUXON_EVALUATION_CLAIM_SECONDS", "0") or 0) or min(_VISIBILITY, 240)
+# The shortest lease of a worker's claim on an evaluation case it runs (evaluations.services.runs.
+# claim_lease makes it longer for slow specs). A redelivered message takes its own claims back at
+# once; a claim of a dead worker blocks other deliveries of the case until it expires.
+FRUXON_EVALUATION_CLAIM_SECONDS = max(1, int(os.environ.get("FRUXON_EVALUATION_CLAIM_SECONDS", "0") or 0)
+                                      or min(_VISIBILITY, 240))
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "fruxon@localhost")
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend" if (DEBUG or TESTING)
                                else "django.core.mail.backends.smtp.EmailBackend")

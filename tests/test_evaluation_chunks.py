@@ -316,3 +316,58 @@ class TestResumeStalled:
         CaseResult.objects.filter(evaluation=evaluation).update(created_at=now - tasks.STALL_AFTER * 1.5)  # after the last resume
         assert tasks.resume_stalled(now=now) == [evaluation.id]  # ...then stalled again
         assert EvaluationRun.objects.get(pk=evaluation.pk).resumes == 1
+
+
+def test_a_message_delivered_again_takes_its_own_claims_back(evaluation):
+    """Its worker died (cold shutdown): Redis hands the same message, same task id, to the next worker at once."""
+    for case_id in evaluation.case_ids[:3]:
+        assert runs.claim_case(evaluation.id, case_id, owner="task-1")
+    assert not runs.claim_case(evaluation.id, evaluation.case_ids[0], owner="task-2")  # another message may not
+    assert runs.evaluate_chunk(evaluation.id, evaluation.case_ids, owner="task-1") == CASES
+    assert _runs(evaluation) == CASES
+
+
+def test_claim_lease_covers_two_cases_at_their_timeouts(settings):
+    settings.FRUXON_EVALUATION_CLAIM_SECONDS = 240
+    assert runs.claim_lease({"timeoutSeconds": 30}, [{"type": "exact"}]) == 240  # never below the setting
+    assert runs.claim_lease({"timeoutSeconds": 600}, [{"type": "llmJudge"}]) == 2 * (600 + 60) + 60
+
+
+def test_resume_waits_while_a_worker_holds_cases_or_the_queue_is_busy(evaluation, monkeypatch):
+    sent = []
+    monkeypatch.setattr(tasks.evaluate_chunk, "delay", lambda *args: sent.append(args))
+    runs.mark_running(evaluation.id)
+    later = timezone.now() + tasks.STALL_AFTER + timedelta(seconds=1)
+    assert runs.claim_case(evaluation.id, evaluation.case_ids[-1], owner="slow-task")  # a slow case in flight
+    assert tasks.resume_stalled(now=later) == [] and sent == []
+    runs.release_claim(evaluation.id, evaluation.case_ids[-1])
+    monkeypatch.setattr(tasks, "queue_backlog", lambda queue="evaluations": 7)  # its chunks may be waiting
+    assert tasks.resume_stalled(now=later) == [] and sent == []
+    assert EvaluationRun.objects.get(pk=evaluation.pk).resumes == 0  # neither counts toward failing it
+    monkeypatch.setattr(tasks, "queue_backlog", lambda queue="evaluations": 0)
+    assert tasks.resume_stalled(now=later) == [evaluation.id] and sent
+
+
+def test_queue_backlog_reads_the_redis_broker(monkeypatch):
+    import os
+
+    from fruxon.celery import app
+
+    url = os.environ.get("FRUXON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    monkeypatch.setitem(app.conf, "broker_url", url)
+    monkeypatch.setitem(app.conf, "task_always_eager", False)
+    queue = "fruxon-test-backlog"
+    with app.connection_for_write() as connection:
+        assert connection.transport.driver_type == "redis"  # the real broker, not the memory transport
+        channel = connection.default_channel
+        channel.queue_declare(queue=queue)
+        channel.queue_purge(queue)
+        try:
+            assert tasks.queue_backlog(queue) == 0
+            for _ in range(3):
+                app.send_task("evaluations.evaluate_chunk", args=["eval_x", [1]], queue=queue,
+                              connection=connection)
+            assert tasks.queue_backlog(queue) == 3
+        finally:
+            channel.queue_purge(queue)
+            channel.queue_delete(queue)

@@ -592,10 +592,11 @@ def test_model_replies_postgresql_would_refuse_are_still_recorded(org, editor_cl
 
 def test_request_bodies_with_nul_characters_are_refused_whole(org, editor_client, golden):
     before = Case.objects.count()
-    for body in ({"input": {"question": "a\u0000b"}}, {"cases": [{"input": {"q\u0000": "x"}}]}):
-        response = editor_client.post("/v1/acme/datasets/golden/cases", body, format="json")
+    for body in (b'{"input": {"question": "a\\u0000b"}}', b'{"cases": [{"input": {"q\\u0000": "x"}}]}',
+                 b'{"input": {"question": "lone \\ud800 surrogate"}}'):
+        response = editor_client.post("/v1/acme/datasets/golden/cases", body, content_type="application/json")
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
-        assert "NUL" in response.json()["error"]["message"]
+        assert "NUL" in response.json()["error"]["message"], response.content
     assert Case.objects.count() == before
     bad_spec = editor_client.post("/v1/acme/agents", {"name": "x", "spec": local_spec("a\u0000")}, format="json")
     assert bad_spec.status_code == 400 and not Agent.objects.filter(slug="x").exists()
@@ -608,3 +609,11 @@ def test_pg_json_keeps_documents_postgresql_accepts():
     assert json.loads(pg_json({"k\u0000": [float("nan"), float("inf"), "a\u0000b", 1.0]})) == {
         "k\ufffd": [None, None, "a\ufffdb", 1.0]}
     assert json.loads(pg_json({"literal": "\\u0000"})) == {"literal": "\\u0000"}  # a backslash text, kept
+    assert json.loads(pg_json({"lone": "a\ud800b", "pair": "\U0001F600", "hangul": "\ud55c"})) == {
+        "lone": "a\ufffdb", "pair": "\U0001F600", "hangul": "\ud55c"}
+    deep = current = []
+    for _ in range(500):
+        current.append([])
+        current = current[0]
+    current.append("\x00")
+    assert "\\ufffd" in pg_json(deep)

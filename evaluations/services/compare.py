@@ -50,9 +50,10 @@ def deployed_baseline(*, agent: Agent, dataset: Dataset, start_if_missing: bool,
     from .runs import start
 
     with transaction.atomic():
-        # The agent row lock makes "is one unfinished? if not, start one" atomic: two editors comparing
-        # at once (or a compare and the schedule's tick) start one baseline between them, not two.
-        Agent.objects.select_for_update().filter(pk=agent.pk).values_list("pk", flat=True).first()
+        # The agent row lock makes "is one unfinished? if not, start one" atomic: two callers comparing at
+        # once start one baseline between them, not two. NO KEY UPDATE: it does not block the foreign-key
+        # checks of the agent's runs being recorded meanwhile (FOR KEY SHARE).
+        Agent.objects.select_for_update(no_key=True).filter(pk=agent.pk).values_list("pk", flat=True).first()
         pending = unfinished(revision_id=agent.deployed_revision_id, dataset=dataset)
         if pending is None:
             pending = start(actor=actor, agent=agent, revision_id=agent.deployed_revision_id, dataset=dataset,

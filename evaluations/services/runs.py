@@ -71,6 +71,7 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 
 from agents import engine
+from agents.engine.spec import DEFAULT_TIMEOUT_SECONDS
 from agents.execution import validate_input
 from agents.models import Agent, Revision
 from agents.runtime import DjangoRuntime
@@ -197,6 +198,7 @@ class _Chunk:
     revision: Revision
     budget: object
     prices: dict
+    lease: int = 0  # seconds a case claim lasts (claim_lease)
 
     def runtime(self) -> EvaluationRuntime:
         return EvaluationRuntime(organization_id=self.agent.organization_id, agent_id=self.agent.pk,
@@ -295,18 +297,38 @@ def _claim_key(evaluation_id: str, case_id: int) -> str:
     return f"eval-claim:{evaluation_id}:{case_id}"
 
 
-def claim_case(evaluation_id: str, case_id: int) -> bool:
-    """Take (evaluation, case) for this worker until its result is written or the claim expires.
+def claim_lease(spec: dict, metrics: list) -> int:
+    """How long a case claim lasts: long enough for the case to finish and be written.
+
+    A case's result is written at the latest after the chunk's next case (the
+    flush comes after a case), so the lease covers two cases at their timeouts:
+    the revision's ``timeoutSeconds`` plus each llmJudge's (the engine default),
+    plus a minute; never less than ``FRUXON_EVALUATION_CLAIM_SECONDS``.
+    """
+    judges = sum(1 for m in metrics if isinstance(m, dict) and m.get("type") == "llmJudge")
+    case_seconds = float(spec.get("timeoutSeconds", DEFAULT_TIMEOUT_SECONDS)) + judges * DEFAULT_TIMEOUT_SECONDS
+    return max(settings.FRUXON_EVALUATION_CLAIM_SECONDS, int(2 * case_seconds) + 60)
+
+
+def claim_case(evaluation_id: str, case_id: int, *, owner: str = "", lease: int | None = None) -> bool:
+    """Take (evaluation, case) for ``owner`` until its result is written or the claim expires.
 
     A chunk delivered twice at the same time (Redis past its visibility timeout
-    while the first worker is still busy, or ``resume_stalled`` re-sending the
-    chunks of an evaluation stuck behind a long queue) finds the cases the other
-    delivery holds taken, and skips them: no case is executed (and charged)
-    twice. A killed worker's claims expire after
-    ``FRUXON_EVALUATION_CLAIM_SECONDS`` (at most the visibility timeout), in time
-    for the redelivery to take the cases again.
+    while the first worker is still busy, or ``resume_stalled`` re-sending work)
+    finds the cases the other delivery holds taken, and skips them: no case is
+    executed (and charged) twice. ``owner`` is the Celery task id, so the same
+    message delivered again (its worker died; Redis hands it back) takes its own
+    claims back at once instead of waiting for them to expire.
     """
-    return cache.add(_claim_key(evaluation_id, case_id), 1, timeout=settings.FRUXON_EVALUATION_CLAIM_SECONDS)
+    key = _claim_key(evaluation_id, case_id)
+    if cache.add(key, owner or "-", timeout=lease or settings.FRUXON_EVALUATION_CLAIM_SECONDS):
+        return True
+    return bool(owner) and cache.get(key) == owner
+
+
+def held_claims(evaluation_id: str, case_ids: list[int]) -> int:
+    """How many of these cases a worker holds right now (one cache round trip)."""
+    return len(cache.get_many([_claim_key(evaluation_id, c) for c in case_ids])) if case_ids else 0
 
 
 def release_claim(evaluation_id: str, case_id: int) -> None:
@@ -447,10 +469,11 @@ def _load_chunk(evaluation_id: str) -> _Chunk | None:
     agent = evaluation.agent
     return _Chunk(evaluation=evaluation, agent=agent, revision=evaluation.revision,
                   budget=getattr(agent, "budget", None),
-                  prices=pricing.cached_prices(organization_id=agent.organization_id, agent_id=agent.pk))
+                  prices=pricing.cached_prices(organization_id=agent.organization_id, agent_id=agent.pk),
+                  lease=claim_lease(evaluation.revision.spec, evaluation.metrics))
 
 
-def evaluate_chunk(evaluation_id: str, case_ids: list[int]) -> int:
+def evaluate_chunk(evaluation_id: str, case_ids: list[int], *, owner: str = "") -> int:
     """Evaluate the cases of one chunk that have no result yet; returns how many this call wrote.
 
     About a dozen queries per chunk however many cases it holds, plus one
@@ -466,7 +489,7 @@ def evaluate_chunk(evaluation_id: str, case_ids: list[int]) -> int:
                  .order_by("id").only("id", "input", "expected", "critical"))
     written, pending, last_flush, results = 0, [], time.monotonic(), None
     for case in cases:
-        if not claim_case(evaluation_id, case.pk):
+        if not claim_case(evaluation_id, case.pk, owner=owner, lease=chunk.lease):
             logger.info("evaluation %s case %s is in another worker's hands; skipped", evaluation_id, case.pk)
             continue
         item = evaluate_case(chunk, case)

@@ -1,30 +1,44 @@
 """The API's JSON parser: DRF's, refusing what PostgreSQL cannot store.
 
 DRF's ``JSONParser`` already refuses NaN and Infinity (``STRICT_JSON``). A NUL
-character (``"\\u0000"``) is valid JSON, but PostgreSQL refuses it in ``jsonb``
-and in text columns, so a body carrying one would fail at the write with a 500
-and a half-done request. It is refused here, before any view runs, as
-malformed input (400 ``invalid_request``).
+character (``"\\u0000"``) or a lone surrogate (``"\\ud800"``) is accepted by
+Python's JSON decoder, but PostgreSQL refuses both in ``jsonb`` and in text
+columns, so a body carrying one would fail at the write with a 500 and a
+half-done request. They are refused here, before any view runs, as malformed
+input (400 ``invalid_request``). The raw body is scanned first (bytes, in C);
+only a body that may hold one is walked.
 """
 from __future__ import annotations
+
+import io
+import re
 
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
+_RAW = re.compile(rb"\\u(?:0000|[dD][89abAB89][0-9a-fA-F]{2}|[dD][c-fC-F][0-9a-fA-F]{2})")
+_BAD = re.compile("[\x00\ud800-\udfff]")
 
-def _has_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+
+def _holds_unstorable(value) -> bool:
+    stack = [value]
+    while stack:  # iterative: nesting depth is the decoder's business, not a RecursionError here
+        item = stack.pop()
+        if isinstance(item, str):
+            if _BAD.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
 class StoredJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
-        data = super().parse(stream, media_type, parser_context)
-        if _has_nul(data):
-            raise ParseError("strings may not contain the NUL character (\\u0000).")
+        raw = stream.read() if stream is not None else b""
+        data = super().parse(io.BytesIO(raw), media_type, parser_context)
+        if _RAW.search(raw) and _holds_unstorable(data):
+            raise ParseError("strings may not contain the NUL character (\\u0000) or lone surrogates.")
         return data
