@@ -163,7 +163,9 @@ class EvaluationViewSet(OrgScopedViewSet):
     def list(self, request, tenant):
         return self.paginated_response()
 
-    @extend_schema(request=s.EvaluationCreate, responses={202: s.EvaluationSerializer},
+    @extend_schema(request=s.EvaluationCreate, responses={
+        202: s.EvaluationSerializer,
+        400: OpenApiResponse(description="invalid_request; empty_dataset: the dataset has no cases")},
                    description="Queues a Celery evaluation; poll GET /evaluations/{id} for progress and results.")
     def create(self, request, tenant):
         data = validated(s.EvaluationCreate, request.data)
@@ -189,7 +191,9 @@ class EvaluationViewSet(OrgScopedViewSet):
             "evaluations (editor, or a key with evaluations:write) starts it (baselineStarted: true); for anyone "
             "else nothing is started and the answer says so (baselineMissing: true). Either way the verdict is "
             "'pending' until the baseline completes.")],
-        responses={200: s.CompareResponse, 400: OpenApiResponse(description="not_deployed: nothing to compare with")})
+        responses={200: s.CompareResponse, 400: OpenApiResponse(
+            description="not_deployed: nothing to compare with; invalid_baseline: the baseline evaluation ran on "
+                        "another dataset")})
     def compare(self, request, tenant, evaluation):
         target = self.object
         wanted = request.query_params.get("baseline", "deployed")
