@@ -371,3 +371,111 @@ def test_queue_backlog_reads_the_redis_broker(monkeypatch):
         finally:
             channel.queue_purge(queue)
             channel.queue_delete(queue)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_compares_at_once_start_one_deployed_baseline(monkeypatch):
+    """Two callers find the deployed baseline missing at the same moment: one evaluation starts, not two."""
+    import threading
+
+    from django.db import connection
+
+    from agents.services import create_revision
+    from evaluations.services import compare
+
+    from . import factories as f
+
+    org = f.OrganizationFactory(slug="acme")
+    agent, deployed = agent_with_revision(org, "support", local_spec("answer {{input.question}}"))
+    candidate = create_revision(actor=SYSTEM, agent=agent, spec=local_spec("{{input.question}}!"))
+    dataset = datasets.create_dataset(actor=SYSTEM, organization=org, slug="golden", metrics=[{"type": "contains"}])
+    datasets.add_cases_bulk(actor=SYSTEM, dataset=dataset, cases=[{"input": {"question": "q"}, "expected": "q"}])
+    monkeypatch.setattr(dispatch, "enqueue", lambda evaluation_id: None)
+    evaluation = runs.start(actor=SYSTEM, agent=agent, revision_id=candidate.id, dataset=dataset)
+    first_inside = threading.Event()
+    real_unfinished = compare.unfinished
+
+    def slow_unfinished(**kwargs):
+        found = real_unfinished(**kwargs)
+        if threading.current_thread().name == "first":
+            first_inside.set()
+            threading.Event().wait(0.5)  # the second caller arrives while the first has looked, not yet started
+        return found
+
+    monkeypatch.setattr(compare, "unfinished", slow_unfinished)
+    answers, errors = {}, []
+
+    def caller():
+        try:
+            agent.refresh_from_db()
+            answers[threading.current_thread().name] = compare.compare_with_deployed(
+                actor=SYSTEM, evaluation=EvaluationRun.objects.get(pk=evaluation.pk), may_start=True)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=caller, name="first")
+    second = threading.Thread(target=caller, name="second")
+    first.start()
+    assert first_inside.wait(10)
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert not errors
+    baselines = EvaluationRun.objects.filter(revision=deployed, trigger="baseline")
+    assert baselines.count() == 1
+    assert {a["baselineId"] for a in answers.values()} == {baselines.get().id}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_case_deleted_while_an_evaluation_starts_waits_and_is_refused(monkeypatch):
+    """Start freezes the case ids with the cases locked: a delete in between cannot orphan the evaluation."""
+    import threading
+
+    from django.db import connection
+
+    from fruxon.errors import Conflict
+
+    from . import factories as f
+
+    org = f.OrganizationFactory(slug="acme")
+    agent, revision = agent_with_revision(org, "support", local_spec("answer {{input.question}}"))
+    dataset = datasets.create_dataset(actor=SYSTEM, organization=org, slug="golden", metrics=[{"type": "contains"}])
+    cases = datasets.add_cases_bulk(actor=SYSTEM, dataset=dataset, cases=[
+        {"input": {"question": f"q{i}"}, "expected": f"q{i}"} for i in range(3)])
+    starting = threading.Event()
+
+    def slow_enqueue(evaluation_id):  # inside start's transaction: case ids read, evaluation not committed
+        starting.set()
+        threading.Event().wait(0.5)
+
+    monkeypatch.setattr(dispatch, "enqueue", slow_enqueue)
+    outcome = {}
+
+    def starter():
+        try:
+            outcome["evaluation"] = runs.start(actor=SYSTEM, agent=agent, revision_id=revision.id, dataset=dataset)
+        finally:
+            connection.close()
+
+    def deleter():
+        try:
+            datasets.delete_case(actor=SYSTEM, case=cases[1])
+            outcome["deleted"] = True
+        except Conflict as exc:
+            outcome["refused"] = exc
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=starter)
+    first.start()
+    assert starting.wait(10)
+    second = threading.Thread(target=deleter)
+    second.start()
+    first.join(30)
+    second.join(30)
+    evaluation = outcome["evaluation"]
+    assert "refused" in outcome and "deleted" not in outcome
+    assert cases[1].pk in EvaluationRun.objects.get(pk=evaluation.pk).case_ids
+    assert dataset.cases.filter(pk=cases[1].pk).exists()
