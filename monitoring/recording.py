@@ -62,7 +62,11 @@ def _as_records(objs: list, connection) -> str | None:
 
 
 def _write_run_and_spans(run: Run, spans: list[Span]) -> None:
-    """Run + spans as ONE statement (a data-modifying CTE): atomic by itself, one round trip.
+    _write_runs_and_spans([run], spans)
+
+
+def _write_runs_and_spans(runs: list[Run], spans: list[Span]) -> None:
+    """Runs + spans as ONE statement (a data-modifying CTE): atomic by itself, one round trip.
 
     Rows travel as JSON documents (``jsonb_populate_record[set]`` against the
     tables' own row types): two parameters however many spans, instead of one
@@ -74,13 +78,14 @@ def _write_run_and_spans(run: Run, spans: list[Span]) -> None:
     """
     using = router.db_for_write(Run)
     connection = connections[using]
-    run_json = _as_records([run], connection) if connection.vendor == "postgresql" else None
+    run_json = _as_records(runs, connection) if connection.vendor == "postgresql" else None
     spans_json = _as_records(spans, connection) if spans and run_json is not None else "[]"
     if run_json is None or spans_json is None:
         # SQLite (the demo) has no data-modifying CTEs, and a value of a type not
         # handled above takes the ORM's way: two statements in a transaction.
         with transaction.atomic(using=using):
-            run.save(force_insert=True, using=using)
+            for run in runs:
+                run.save(force_insert=True, using=using)
             Span.objects.using(using).bulk_create(spans)
         return
     quote = connection.ops.quote_name
@@ -95,18 +100,12 @@ def _write_run_and_spans(run: Run, spans: list[Span]) -> None:
         statement = "SET LOCAL synchronous_commit TO OFF; " + statement
     with connection.cursor() as cursor:
         cursor.execute(statement, [run_json, spans_json])
-    for obj in (run, *spans):
+    for obj in (*runs, *spans):
         obj._state.adding, obj._state.db = False, using
 
 
-def record_run(*, organization_id: int, agent_id: int, revision_id: str, result: RunResult, source: str,
-               input: dict, api_key_id: int | None = None, conversation_key: str | None = None) -> Run:
-    """Write the run, its conversation turn and its spans atomically: all or nothing.
-
-    Without a conversation (the execute hot path) that is one statement and no
-    explicit transaction; a conversation turn adds a row lock, so that case
-    runs in a transaction.
-    """
+def _build(*, organization_id: int, agent_id: int, revision_id: str, result: RunResult, source: str,
+           input: dict, api_key_id: int | None = None) -> tuple[Run, list[Span]]:
     run = Run(
         organization_id=organization_id, agent_id=agent_id, revision_id=revision_id,
         source=source, status=result.status, input=input,
@@ -127,6 +126,19 @@ def record_run(*, organization_id: int, agent_id: int, revision_id: str, result:
         )
         for index, span in enumerate(result.spans)
     ]
+    return run, spans
+
+
+def record_run(*, organization_id: int, agent_id: int, revision_id: str, result: RunResult, source: str,
+               input: dict, api_key_id: int | None = None, conversation_key: str | None = None) -> Run:
+    """Write the run, its conversation turn and its spans atomically: all or nothing.
+
+    Without a conversation (the execute hot path) that is one statement and no
+    explicit transaction; a conversation turn adds a row lock, so that case
+    runs in a transaction.
+    """
+    run, spans = _build(organization_id=organization_id, agent_id=agent_id, revision_id=revision_id, result=result,
+                        source=source, input=input, api_key_id=api_key_id)
     if conversation_key is None:
         _write_run_and_spans(run, spans)
         return run
@@ -135,3 +147,22 @@ def record_run(*, organization_id: int, agent_id: int, revision_id: str, result:
                                                  key=conversation_key)
         _write_run_and_spans(run, spans)
     return run
+
+
+def record_runs(*, organization_id: int, agent_id: int, revision_id: str, source: str,
+                entries: list[tuple[RunResult, dict]]) -> list[Run]:
+    """Several runs of one agent, without conversations, and all their spans in ONE statement.
+
+    ``entries`` are ``(result, input)`` pairs; the runs come back in their
+    order. For batch writers (an evaluation chunk's flush): one round trip
+    however many runs.
+    """
+    runs, spans = [], []
+    for result, run_input in entries:
+        run, run_spans = _build(organization_id=organization_id, agent_id=agent_id, revision_id=revision_id,
+                                result=result, source=source, input=run_input)
+        runs.append(run)
+        spans.extend(run_spans)
+    if runs:
+        _write_runs_and_spans(runs, spans)
+    return runs

@@ -74,21 +74,19 @@ def _kill_before_case(monkeypatch, number: int) -> None:
 
 
 def _kill_after_recording(monkeypatch, number: int) -> None:
-    """The worker dies right after its ``number``-th Run was written, before anything else."""
-    from agents import execution
+    """The worker dies right after the write that recorded its ``number``-th Run, before anything else."""
     from monitoring import recording
 
-    real, calls = recording.record_run, {"n": 0}
+    real, calls = recording.record_runs, {"n": 0}
 
     def dying(*args, **kwargs):
-        run = real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == number:
+        written = real(*args, **kwargs)
+        calls["n"] += len(written)
+        if calls["n"] >= number:
             raise WorkerKilled()
-        return run
+        return written
 
-    for module in (runs, execution):  # wherever the evaluation path records its runs from
-        monkeypatch.setattr(module, "record_run", dying, raising=False)
+    monkeypatch.setattr(runs, "record_runs", dying)
 
 
 KILLS = {"before-case": _kill_before_case, "after-run-recorded": _kill_after_recording}

@@ -78,7 +78,7 @@ from agents.runtime import DjangoRuntime
 from fruxon.db import PreparedQuery, pg_json, release_connection
 from fruxon.errors import Conflict, FruxonError, InvalidRequest, NotFound
 from monitoring import pricing
-from monitoring.recording import record_run
+from monitoring.recording import record_runs
 from orgs.actor import Actor
 from orgs.services import audit
 
@@ -428,15 +428,15 @@ def _flush(chunk: _Chunk, done: list[_Done]) -> tuple[int, bool, int]:
     evaluation = chunk.evaluation
     with transaction.atomic():
         running = _status_for_share(evaluation.pk) in ("queued", "running")
+        ran = [item for item in done if item.result is not None]
+        recorded = record_runs(organization_id=evaluation.organization_id, agent_id=chunk.agent.pk,
+                               revision_id=chunk.revision.id, source="evaluation",
+                               entries=[(item.result, item.case.input) for item in ran])
+        run_of = {id(item): run for item, run in zip(ran, recorded)}
         rows = []
         for item in done:
-            run = None
-            if item.result is not None:
-                run = record_run(organization_id=evaluation.organization_id, agent_id=chunk.agent.pk,
-                                 revision_id=chunk.revision.id, result=item.result, source="evaluation",
-                                 input=item.case.input)
             if item.case_result is not None:  # None: recorded (it ran, it may have spent), not scored
-                item.case_result.run = run
+                item.case_result.run = run_of.get(id(item))
                 rows.append(item.case_result)
         inserted, results = set(), 0
         if running:  # after a cancel: the runs are recorded (they ran), their results are not
@@ -477,7 +477,7 @@ def evaluate_chunk(evaluation_id: str, case_ids: list[int], *, owner: str = "") 
     """Evaluate the cases of one chunk that have no result yet; returns how many this call wrote.
 
     About a dozen queries per chunk however many cases it holds, plus one
-    statement per recorded run (``monitoring.recording.record_run``).
+    statement per flush for its Runs and spans (``monitoring.recording.record_runs``).
     """
     chunk = _load_chunk(evaluation_id)
     if chunk is None:
