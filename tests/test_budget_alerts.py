@@ -42,11 +42,11 @@ def _signed(org, received) -> list[dict]:
     """The received events, each one's signature checked against the raw bytes received."""
     org.refresh_from_db()
     events = []
-    for headers, raw in received:
-        expected = "sha256=" + hmac.new(org.webhook_secret.encode(), raw, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(headers["X-Fruxon-Signature"], expected), "bad signature"
-        assert headers["X-Fruxon-Event"] == "budget.threshold"
-        events.append(json.loads(raw))
+    for request in received:
+        expected = "sha256=" + hmac.new(org.webhook_secret.encode(), request.raw, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(request.headers["X-Fruxon-Signature"], expected), "bad signature"
+        assert request.headers["X-Fruxon-Event"] == "budget.threshold"
+        events.append(json.loads(request.raw))
     return events
 
 

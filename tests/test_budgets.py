@@ -7,13 +7,13 @@ import json
 import threading
 from datetime import timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
+from agents.engine.testing import StubReply, start_json_server
 from fruxon.errors import InvalidRequest
 from monitoring import budgets
 from monitoring.ledger import BudgetState, from_units, ledger, to_units
@@ -133,27 +133,12 @@ def test_unreachable_ledger_fails_closed(org, runner):
     assert not run.spans.filter(kind="llm", status="ok").exists()
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):
-        raw = self.rfile.read(int(self.headers["Content-Length"]))
-        self.received.append((dict(self.headers.items()), raw))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        """quiet"""
-
-
 @pytest.fixture
 def webhook():
-    _Receiver.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", _Receiver.received
-    server.shutdown()
-    server.server_close()
+    """A loopback webhook receiver: yields its URL and the requests it received (headers, raw bytes)."""
+    url, server = start_json_server(lambda request: StubReply(204, b""))
+    yield f"{url}/alerts", server.requests
+    server.close()
 
 
 def test_each_threshold_alerts_once_per_period(org, runner, webhook, django_capture_on_commit_callbacks):
@@ -166,13 +151,13 @@ def test_each_threshold_alerts_once_per_period(org, runner, webhook, django_capt
     for _ in range(6):
         with django_capture_on_commit_callbacks(execute=True):
             assert _execute(runner).status_code == 200
-    events = [json.loads(raw) for _, raw in received]
+    events = [json.loads(request.raw) for request in received]
     assert sorted(e["data"]["threshold"] for e in events) == [0.5, 1.0]
     org.refresh_from_db()
-    for headers, raw in received:
-        expected = "sha256=" + hmac.new(org.webhook_secret.encode(), raw, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(headers["X-Fruxon-Signature"], expected)
-        assert headers["X-Fruxon-Event"] == "budget.threshold"
+    for request in received:
+        expected = "sha256=" + hmac.new(org.webhook_secret.encode(), request.raw, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(request.headers["X-Fruxon-Signature"], expected)
+        assert request.headers["X-Fruxon-Event"] == "budget.threshold"
     assert Alert.objects.filter(kind="budget.threshold").count() == 2
     from django.core import mail
 

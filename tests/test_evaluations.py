@@ -4,16 +4,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
-from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core import mail
 from django.utils import timezone
 
+from agents.engine.testing import StubReply, start_json_server
 from agents.models import Agent
 from agents.services import create_revision
 from deployments import services as deploys
@@ -219,38 +217,11 @@ def test_unknown_gating_dataset_is_400(org, editor_client, versions):
     assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_dataset"
 
 
-@contextmanager
-def raw_receiver():
-    """A webhook receiver keeping each request's headers and body bytes exactly as they arrived."""
-    received: list[tuple[dict, bytes]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            received.append(({k.lower(): v for k, v in self.headers.items()}, raw))
-            body = b'{"ok": true}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_scheduled_reevaluation_alerts_on_drop(org, owner_client, editor_client, golden, versions,
                                                django_capture_on_commit_callbacks):
-    with raw_receiver() as (url, received):
+    url, receiver = start_json_server(lambda request: StubReply(200, {"ok": True}))
+    received = receiver.requests  # each with its headers and the body's bytes as received
+    with receiver:
         agent, v1, v2, v3 = versions
         no_dataset = editor_client.put("/v1/acme/agents/support/evaluation-schedule", {"everyHours": 6}, format="json")
         assert no_dataset.status_code == 400
@@ -272,14 +243,14 @@ def test_scheduled_reevaluation_alerts_on_drop(org, owner_client, editor_client,
         with django_capture_on_commit_callbacks(execute=True):
             assert scheduled.start_due(now=later + timedelta(hours=7)) == []  # claimed once
     assert len(received) == 1
-    headers, raw = received[0]
-    assert headers["x-fruxon-event"] == "evaluation.score_dropped"
+    headers, raw = received[0].headers, received[0].raw
+    assert headers["X-Fruxon-Event"] == "evaluation.score_dropped"
     org.refresh_from_db()
     # the signature covers the bytes on the wire, whatever a receiver's JSON parser would make of them
     expected = "sha256=" + hmac.new(org.webhook_secret.encode(), raw, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(headers["x-fruxon-signature"], expected)
+    assert hmac.compare_digest(headers["X-Fruxon-Signature"], expected)
     tampered = raw.replace(b"score", b"Score", 1)
-    assert not hmac.compare_digest(headers["x-fruxon-signature"],
+    assert not hmac.compare_digest(headers["X-Fruxon-Signature"],
                                    "sha256=" + hmac.new(org.webhook_secret.encode(), tampered, hashlib.sha256).hexdigest())
     body = json.loads(raw)
     assert body["data"]["previousScore"] == 1.0 and body["data"]["score"] == pytest.approx(2 / 3)

@@ -121,6 +121,7 @@ class StubRequest:
     path: str
     headers: dict[str, str]
     body: Any  # parsed JSON, or None
+    raw: bytes = b""  # the body's bytes as received (what a webhook signature covers)
 
 
 @dataclass
@@ -179,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        request = StubRequest(self.command, self.path, dict(self.headers.items()), body)
+        request = StubRequest(self.command, self.path, dict(self.headers.items()), body, raw)
         if self.server.record:
             with self.server.lock:
                 self.server.requests.append(request)
