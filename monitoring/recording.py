@@ -46,8 +46,23 @@ def _jsonable(value):
     return _MISSING
 
 
-def _as_records(objs: list, connection) -> str | None:
-    """``objs`` as one JSON array of ``{column: value}``, values prepared as the ORM prepares them."""
+def may_commit_asynchronously(connection) -> bool:
+    """Whether a run record's transaction may skip waiting for the WAL flush (``SET LOCAL synchronous_commit``).
+
+    Not with ``FRUXON_RUN_SYNCHRONOUS_COMMIT``, and not with server-side binding
+    (the prefix rides as a second statement in the same query string, which the
+    extended protocol does not allow).
+    """
+    return not settings.FRUXON_RUN_SYNCHRONOUS_COMMIT and not connection.settings_dict["OPTIONS"].get(
+        "server_side_binding")
+
+
+def json_records(objs: list, connection) -> str | None:
+    """``objs`` as one JSON array of ``{column: value}``, values prepared as the ORM prepares them.
+
+    For ``jsonb_populate_recordset`` against the model's table; None when a
+    value has a type not handled here (the caller then takes the ORM's way).
+    """
     fields = [field for field in type(objs[0])._meta.concrete_fields if not field.generated]
     records = []
     for obj in objs:
@@ -78,8 +93,8 @@ def _write_runs_and_spans(runs: list[Run], spans: list[Span]) -> None:
     """
     using = router.db_for_write(Run)
     connection = connections[using]
-    run_json = _as_records(runs, connection) if connection.vendor == "postgresql" else None
-    spans_json = _as_records(spans, connection) if spans and run_json is not None else "[]"
+    run_json = json_records(runs, connection) if connection.vendor == "postgresql" else None
+    spans_json = json_records(spans, connection) if spans and run_json is not None else "[]"
     if run_json is None or spans_json is None:
         # SQLite (the demo) has no data-modifying CTEs, and a value of a type not
         # handled above takes the ORM's way: two statements in a transaction.
@@ -92,8 +107,7 @@ def _write_runs_and_spans(runs: list[Run], spans: list[Span]) -> None:
     run_table, span_table = quote(Run._meta.db_table), quote(Span._meta.db_table)
     statement = (f"WITH run_row AS (INSERT INTO {run_table} SELECT * FROM jsonb_populate_recordset(NULL::{run_table}, %s)) "
                  f"INSERT INTO {span_table} SELECT * FROM jsonb_populate_recordset(NULL::{span_table}, %s)")
-    if (not settings.FRUXON_RUN_SYNCHRONOUS_COMMIT and not connection.in_atomic_block
-            and not connection.settings_dict["OPTIONS"].get("server_side_binding")):
+    if not connection.in_atomic_block and may_commit_asynchronously(connection):
         # Sent together (one round trip, simple query protocol) the two statements form one
         # implicit transaction: SET LOCAL applies to this commit only, and a failure
         # rolls both back, leaving the connection idle.

@@ -61,7 +61,6 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from statistics import fmean
 
@@ -75,10 +74,10 @@ from agents.engine.spec import DEFAULT_TIMEOUT_SECONDS
 from agents.execution import validate_input
 from agents.models import Agent, Revision
 from agents.runtime import DjangoRuntime
-from fruxon.db import PreparedQuery, pg_json, release_connection
+from fruxon.db import PreparedQuery, release_connection
 from fruxon.errors import Conflict, FruxonError, InvalidRequest, NotFound
 from monitoring import pricing
-from monitoring.recording import record_runs
+from monitoring.recording import json_records, may_commit_asynchronously, record_runs
 from orgs.actor import Actor
 from orgs.services import audit
 
@@ -165,9 +164,7 @@ def begin(evaluation_id: str) -> bool:
 
 def mark_running(evaluation_id: str) -> bool:
     """queued -> running; False when the evaluation is gone or no longer runnable."""
-    updated = EvaluationRun.objects.filter(pk=evaluation_id, status="queued").update(status="running",
-                                                                                      started_at=timezone.now())
-    return bool(updated) or EvaluationRun.objects.filter(pk=evaluation_id, status="running").exists()
+    return begin(evaluation_id) or EvaluationRun.objects.filter(pk=evaluation_id, status="running").exists()
 
 
 class EvaluationRuntime(DjangoRuntime):
@@ -370,8 +367,7 @@ def _status_for_share(evaluation_id: str) -> str | None:
     # Like every run record (FRUXON_RUN_SYNCHRONOUS_COMMIT, see settings), this transaction's commit
     # does not wait for the WAL flush: only a PostgreSQL crash right after it can lose it, and then
     # the chunk's cases simply have no result yet, which resume_stalled sends out again.
-    durable = settings.FRUXON_RUN_SYNCHRONOUS_COMMIT or connection.settings_dict["OPTIONS"].get("server_side_binding")
-    sync = "" if durable else "SET LOCAL synchronous_commit TO OFF; "  # two statements, one round trip
+    sync = "SET LOCAL synchronous_commit TO OFF; " if may_commit_asynchronously(connection) else ""
     with connection.cursor() as cursor:
         cursor.execute(f"{sync}SELECT status FROM {table} WHERE id = %s FOR SHARE", [evaluation_id])
         if sync:
@@ -380,15 +376,7 @@ def _status_for_share(evaluation_id: str) -> str | None:
     return row[0] if row else None
 
 
-def _json_value(value):
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-_RESULT_FIELDS = [f for f in CaseResult._meta.concrete_fields if not f.primary_key]
+_RESULT_COLUMNS = [f.column for f in CaseResult._meta.concrete_fields if not f.primary_key]
 
 
 def _insert_results(rows: list[CaseResult]) -> set[int]:
@@ -403,7 +391,8 @@ def _insert_results(rows: list[CaseResult]) -> set[int]:
     if not rows:
         return set()
     connection = connections[router.db_for_write(CaseResult)]
-    if connection.vendor != "postgresql":
+    records = json_records(rows, connection) if connection.vendor == "postgresql" else None
+    if records is None:
         have = set(CaseResult.objects.filter(evaluation_id=rows[0].evaluation_id,
                                              case_id__in=[r.case_id for r in rows]).values_list("case_id", flat=True))
         fresh = [r for r in rows if r.case_id not in have]
@@ -411,8 +400,7 @@ def _insert_results(rows: list[CaseResult]) -> set[int]:
         return {r.case_id for r in fresh}
     quote = connection.ops.quote_name
     table = quote(CaseResult._meta.db_table)
-    columns = ", ".join(quote(f.column) for f in _RESULT_FIELDS)
-    records = pg_json([{f.column: _json_value(getattr(row, f.attname)) for f in _RESULT_FIELDS} for row in rows])
+    columns = ", ".join(quote(column) for column in _RESULT_COLUMNS)  # the id column is left to its sequence
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s) "
                        f"ON CONFLICT ({quote('evaluation_id')}, {quote('case_id')}) DO NOTHING "
