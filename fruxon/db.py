@@ -99,13 +99,19 @@ class PreparedQuery:
         return obj
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones survive json.loads; PostgreSQL refuses them
+# What PostgreSQL refuses in text and jsonb: NUL, and surrogates (only lone ones survive json.loads).
+UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
+# The same characters as JSON escapes (any case). A false hit (an escaped backslash before "u0000")
+# only costs a walk of the document, never a wrong answer.
+_UNSTORABLE_ESCAPE = r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})"
+UNSTORABLE_ESCAPE = re.compile(_UNSTORABLE_ESCAPE)
+UNSTORABLE_ESCAPE_BYTES = re.compile(_UNSTORABLE_ESCAPE.encode())
 
 
 def _scrub(value):
     """``value`` with NUL and lone surrogates as U+FFFD and non-finite numbers as None (iterative: any depth)."""
     def clean_str(text: str) -> str:
-        return _SURROGATE.sub("\ufffd", text.replace("\x00", "\ufffd"))
+        return UNSTORABLE_CHAR.sub("\ufffd", text)
 
     def clean(item):
         if isinstance(item, str):
@@ -132,15 +138,6 @@ def _scrub(value):
     return root[0]
 
 
-def needs_scrub(text: str) -> bool:
-    """Whether JSON text (ASCII, as ``json.dumps`` writes it) may hold a NUL or a surrogate escape.
-
-    ``\\ud`` also matches U+D000-U+D7FF (Hangul) and a backslash followed by
-    "ud" or "u0000" as text: those take the slow path for nothing, never a wrong one.
-    """
-    return "\\u0000" in text or "\\ud" in text or "\\uD" in text
-
-
 def pg_json(value) -> str:
     """``value`` as JSON text PostgreSQL's ``jsonb`` (and its text columns) accept.
 
@@ -148,13 +145,13 @@ def pg_json(value) -> str:
     text columns refuse NUL bytes), a lone surrogate (not Unicode) or a
     NaN/Infinity (``json.loads`` accepts them, JSON does not) would make the
     whole statement fail, and with it the run's record. The common case is one
-    ``json.dumps`` and a substring scan; only a document that may hold one of
+    ``json.dumps`` and one scan of its text; only a document that may hold one of
     them is rebuilt, NUL and lone surrogates as U+FFFD, non-finite numbers as null.
     """
     try:
         text = json.dumps(value, allow_nan=False)
     except ValueError:
         text = None
-    if text is not None and not needs_scrub(text):
+    if text is not None and not UNSTORABLE_ESCAPE.search(text):
         return text
     return json.dumps(_scrub(value), allow_nan=False)

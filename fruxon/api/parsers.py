@@ -11,13 +11,11 @@ only a body that may hold one is walked.
 from __future__ import annotations
 
 import io
-import re
 
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-_RAW = re.compile(rb"\\u(?:0000|[dD][89abAB89][0-9a-fA-F]{2}|[dD][c-fC-F][0-9a-fA-F]{2})")
-_BAD = re.compile("[\x00\ud800-\udfff]")
+from fruxon.db import UNSTORABLE_CHAR, UNSTORABLE_ESCAPE_BYTES
 
 
 def _holds_unstorable(value) -> bool:
@@ -25,7 +23,7 @@ def _holds_unstorable(value) -> bool:
     while stack:  # iterative: nesting depth is the decoder's business, not a RecursionError here
         item = stack.pop()
         if isinstance(item, str):
-            if _BAD.search(item):
+            if UNSTORABLE_CHAR.search(item):
                 return True
         elif isinstance(item, dict):
             stack.extend(item.keys())
@@ -39,6 +37,6 @@ class StoredJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         raw = stream.read() if stream is not None else b""
         data = super().parse(io.BytesIO(raw), media_type, parser_context)
-        if _RAW.search(raw) and _holds_unstorable(data):
+        if UNSTORABLE_ESCAPE_BYTES.search(raw) and _holds_unstorable(data):
             raise ParseError("strings may not contain the NUL character (\\u0000) or lone surrogates.")
         return data
