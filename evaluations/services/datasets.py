@@ -91,6 +91,13 @@ def add_case(*, actor: Actor, dataset: Dataset, input: dict, expected=None, crit
              tags: list | None = None, source_run_id: str = "", visible_agents: list[str] | None = None) -> Case:
     """One case. ``source_run_id``, when given, must be a run of the dataset's organization."""
     check_source_runs(organization_id=dataset.organization_id, run_ids=[source_run_id], agents=visible_agents)
+    return _create_case(dataset=dataset, input=input, expected=expected, critical=critical, tags=tags,
+                        source_run_id=source_run_id)
+
+
+def _create_case(*, dataset: Dataset, input: dict, expected, critical: bool, tags: list | None,
+                 source_run_id: str) -> Case:
+    """The insert itself; ``source_run_id`` already checked by the caller."""
     with transaction.atomic():
         case = Case.objects.create(organization_id=dataset.organization_id, dataset=dataset, input=input,
                                    expected=expected, critical=critical, tags=tags or [], source_run_id=source_run_id)
@@ -159,8 +166,9 @@ def case_from_run(*, actor: Actor, run: Run, dataset: Dataset, expected=None, cr
     if dataset.organization_id != run.organization_id:
         raise NotFound(f"Dataset '{dataset.slug}' not found.")
     with transaction.atomic():
-        case = add_case(actor=actor, dataset=dataset, input=dict(run.input or {}), expected=expected, critical=critical,
-                        tags=list(tags or []) + ["from-production"], source_run_id=run.id)
+        # The run is in hand and in the dataset's organization: no lookup of it again.
+        case = _create_case(dataset=dataset, input=dict(run.input or {}), expected=expected, critical=critical,
+                            tags=list(tags or []) + ["from-production"], source_run_id=run.id)
         audit.record(organization=dataset.organization, actor=actor, action="dataset.case_from_run",
                      target_type="dataset", target_id=dataset.slug, data={"runId": run.id, "caseId": case.pk})
     return case
