@@ -51,9 +51,7 @@ class AgentViewSet(OrgScopedViewSet):
 
     def refine_queryset(self, queryset):
         queryset = queryset.select_related("shadow_config", "gating_dataset")
-        if self.api_key is not None and self.api_key.agents:
-            queryset = queryset.filter(slug__in=self.api_key.agents)
-        return queryset
+        return self.only_keys_agents(queryset, field="slug")
 
     def list(self, request, tenant):
         return self.paginated_response()

@@ -11,7 +11,7 @@ from fruxon.api.serializers import validated
 from fruxon.errors import InvalidRequest, NotFound
 from monitoring.models import Run
 from orgs.actor import Actor
-from orgs.roles import EDITOR, VIEWER, role_at_least
+from orgs.roles import EDITOR, VIEWER
 
 from ..models import Case, Dataset, EvaluationRun, EvaluationSchedule
 from ..services import compare as comparing
@@ -75,11 +75,6 @@ class CaseViewSet(OrgScopedViewSet):
     def refine_queryset(self, queryset):
         return queryset.filter(dataset__slug=self.kwargs["dataset"])
 
-    def _visible_agents(self) -> list[str] | None:
-        """A key limited to some agents may name only their runs as ``sourceRunId`` (as GET /runs shows)."""
-        key = self.api_key
-        return list(key.agents) if key is not None and key.agents else None
-
     def list(self, request, tenant, dataset):
         self._dataset()
         return self.paginated_response()
@@ -91,10 +86,10 @@ class CaseViewSet(OrgScopedViewSet):
         if isinstance(request.data, dict) and "cases" in request.data:
             data = validated(s.CasesBulk, request.data)
             rows = datasets.add_cases_bulk(actor=_actor(request), dataset=target, cases=data["cases"],
-                                           visible_agents=self._visible_agents())
+                                           visible_agents=self.keys_agents())
             return Response({"results": self.get_serializer(rows, many=True).data}, status=status.HTTP_201_CREATED)
         data = validated(s.CaseWrite, request.data)
-        case = datasets.add_case(actor=_actor(request), dataset=target, visible_agents=self._visible_agents(), **data)
+        case = datasets.add_case(actor=_actor(request), dataset=target, visible_agents=self.keys_agents(), **data)
         return Response(self.get_serializer(case).data, status=status.HTTP_201_CREATED)
 
     def retrieve(self, request, tenant, dataset, case):
@@ -104,7 +99,7 @@ class CaseViewSet(OrgScopedViewSet):
     def partial_update(self, request, tenant, dataset, case):
         changes = dict(validated(s.CasePatch, request.data))
         case = datasets.update_case(actor=_actor(request), case=self.object, changes=changes,
-                                    visible_agents=self._visible_agents())
+                                    visible_agents=self.keys_agents())
         return Response(self.get_serializer(case).data)
 
     @extend_schema(responses={204: None, 409: OpenApiResponse(description="an unfinished evaluation includes the case")})
@@ -123,8 +118,7 @@ class AddToDatasetView(OrgScopedGenericAPIView):
     agent_from_object = "agent"  # the run's agent: per-agent grants apply
 
     def refine_queryset(self, queryset):
-        key = self.api_key  # a key limited to some agents sees only their runs (as GET /runs does)
-        return queryset.filter(agent__slug__in=key.agents) if key is not None and key.agents else queryset
+        return self.only_keys_agents(queryset)  # a key limited to some agents sees only their runs
 
     @extend_schema(request=s.AddToDataset, responses={201: s.CaseSerializer})
     def post(self, request, tenant, run):
@@ -149,9 +143,7 @@ class EvaluationViewSet(OrgScopedViewSet):
 
     def refine_queryset(self, queryset):
         queryset = queryset.select_related("agent", "dataset").annotate(done_count=Count("results"))
-        key = self.api_key  # a key limited to some agents sees only their evaluations (as GET /runs does)
-        if key is not None and key.agents:
-            queryset = queryset.filter(agent__slug__in=key.agents)
+        queryset = self.only_keys_agents(queryset)  # a key limited to some agents sees only their evaluations
         params = self.request.query_params
         for param, field in (("agent", "agent__slug"), ("revisionId", "revision_id"), ("dataset", "dataset__slug"),
                              ("status", "status")):
@@ -200,10 +192,8 @@ class EvaluationViewSet(OrgScopedViewSet):
         if wanted == "deployed":
             # Reading a comparison must not spend the agent's budget for a reader: only a caller who
             # could POST /evaluations may trigger the missing baseline.
-            may_start = ("evaluations:write" in self.api_key.scopes if self.api_key is not None
-                         else role_at_least(self.role, EDITOR))
             return Response(comparing.compare_with_deployed(actor=_actor(request), evaluation=target,
-                                                            may_start=may_start))
+                                                            may_start=self.permits("POST")))
         baseline = self.get_queryset().filter(pk=wanted).first()
         if baseline is None:
             raise NotFound(f"Evaluation '{wanted}' not found.")

@@ -149,19 +149,43 @@ class _TenantScoped:
         except KeyError:
             raise exceptions.MethodNotAllowed(method) from None
 
-    def _check_access(self, request) -> None:
-        access = self.access_for_method(request.method)
+    def _access_refusal(self, access: Access) -> Forbidden | None:
+        """Why the caller fails ``access`` (the 403 to raise), or None when it passes."""
         if self.api_key is not None:
             if access.scope is None:
-                raise Forbidden("This endpoint is for people; API keys cannot call it.")
+                return Forbidden("This endpoint is for people; API keys cannot call it.")
             if access.scope not in self.api_key.scopes:
-                raise Forbidden(f"This API key lacks the '{access.scope}' scope.", details={"requiredScope": access.scope})
-            return
+                return Forbidden(f"This API key lacks the '{access.scope}' scope.",
+                                 details={"requiredScope": access.scope})
+            return None
         if not role_at_least(self.role, access.role):
-            raise Forbidden(
-                f"This needs the {access.role} role; you are {self.role}.",
-                details={"requiredRole": access.role, "role": self.role},
-            )
+            return Forbidden(f"This needs the {access.role} role; you are {self.role}.",
+                             details={"requiredRole": access.role, "role": self.role})
+        return None
+
+    def _check_access(self, request) -> None:
+        refusal = self._access_refusal(self.access_for_method(request.method))
+        if refusal is not None:
+            raise refusal
+
+    def permits(self, method: str) -> bool:
+        """Whether this caller (role with its agent grants, or key scopes) could call ``method`` here.
+
+        For a read whose side effect belongs to a write (e.g. a comparison that
+        would start a missing baseline): the same rule as the access map, asked
+        instead of enforced.
+        """
+        return self._access_refusal(self.access_for_method(method)) is None
+
+    def only_keys_agents(self, queryset, field: str = "agent__slug"):
+        """``queryset`` narrowed to the agents the API key is limited to, if it is (as every list does)."""
+        agents = self.keys_agents()
+        return queryset.filter(**{f"{field}__in": agents}) if agents else queryset
+
+    def keys_agents(self) -> list[str] | None:
+        """The agents the API key is limited to; None for people and unlimited keys."""
+        key = self.api_key
+        return list(key.agents) if key is not None and key.agents else None
 
     def require_role(self, role: str, what: str) -> None:
         """A body-dependent escalation (e.g. ``force``): the person needs ``role``; keys cannot."""

@@ -2,7 +2,7 @@
 
 Every queryset comes from the tenancy base (scoped to the org); an API key
 limited to some agents sees only those agents' runs, conversations and
-metrics (``_only_keys_agents``), and anything else is a 404.
+metrics (``only_keys_agents``), and anything else is a 404.
 """
 from __future__ import annotations
 
@@ -29,12 +29,6 @@ RUN_FILTERS = {
 }
 
 
-def _only_keys_agents(view, queryset):
-    """``queryset`` (of runs or conversations) narrowed to the agents the view's API key is limited to, if any."""
-    key = view.api_key
-    return queryset.filter(agent__slug__in=key.agents) if key is not None and key.agents else queryset
-
-
 def _filtered(queryset, data: dict, lookups: dict):
     return queryset.filter(**{lookups[name]: value for name, value in data.items() if name in lookups})
 
@@ -51,7 +45,7 @@ class RunViewSet(OrgScopedViewSet):
     agent_from_object = "agent"  # pinning acts on the run's agent: per-agent grants apply
 
     def refine_queryset(self, queryset):
-        queryset = _only_keys_agents(self, queryset.select_related("agent", "conversation"))
+        queryset = self.only_keys_agents(queryset.select_related("agent", "conversation"))
         if self.action == "list":
             queryset = _filtered(queryset, validated(s.RunFilter, s.query_data(self.request)), RUN_FILTERS)
         return queryset
@@ -89,7 +83,7 @@ class ConversationViewSet(OrgScopedViewSet):
     access = {"GET": READ}
 
     def refine_queryset(self, queryset):
-        queryset = _only_keys_agents(self, queryset.select_related("agent"))
+        queryset = self.only_keys_agents(queryset.select_related("agent"))
         if self.action == "list":
             queryset = _filtered(queryset, validated(s.ConversationFilter, s.query_data(self.request)),
                                  {"agent": "agent__slug"})
@@ -109,7 +103,7 @@ class ConversationViewSet(OrgScopedViewSet):
     )
     def retrieve(self, request, tenant, conversation):
         found = self.object
-        turns = list(_only_keys_agents(self, found.runs.order_by("created_at", "id"))[:TURNS_LISTED + 1])
+        turns = list(self.only_keys_agents(found.runs.order_by("created_at", "id"))[:TURNS_LISTED + 1])
         found.listed_turns, found.more_turns = turns[:TURNS_LISTED], len(turns) > TURNS_LISTED
         return Response(s.ConversationDetailSerializer(found).data)
 
@@ -121,7 +115,7 @@ class MetricsView(OrgScopedGenericAPIView):
     access = {"GET": READ}
 
     def refine_queryset(self, queryset):
-        return _only_keys_agents(self, queryset)
+        return self.only_keys_agents(queryset)
 
     @extend_schema(
         parameters=[s.MetricsQuery], responses=s.MetricsResponse,
