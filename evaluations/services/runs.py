@@ -127,17 +127,31 @@ def start(*, actor: Actor, agent: Agent, revision_id: str, dataset: Dataset, tri
     return evaluation
 
 
+def _end(evaluation_id: str, *, status: str, actor: Actor, action: str, error: str = ""):
+    """queued/running -> ``status``, row-locked and audited; returns (the row or None, whether it moved).
+
+    The FOR UPDATE waits for flushes in progress (they hold FOR SHARE), and
+    flushes after it see the final status: no result is written once it commits.
+    """
+    with transaction.atomic():
+        locked = (EvaluationRun.objects.select_for_update(of=("self",)).select_related("organization")
+                  .filter(pk=evaluation_id).first())
+        if locked is None or locked.status not in ("queued", "running"):
+            return locked, False
+        locked.status, locked.error, locked.finished_at = status, error[:2000], timezone.now()
+        locked.save(update_fields=["status", "error", "finished_at"])
+        data = {"completed": locked.results.count(), "total": locked.total} | ({"error": locked.error} if error else {})
+        audit.record(organization=locked.organization, actor=actor, action=action, target_type="evaluation",
+                     target_id=locked.id, data=data)
+    return locked, True
+
+
 def cancel(*, actor: Actor, evaluation: EvaluationRun) -> EvaluationRun:
     """queued/running -> cancelled (409 otherwise). Row-locked: no result is written after it commits."""
-    with transaction.atomic():
-        locked = EvaluationRun.objects.select_for_update().get(pk=evaluation.pk)
-        if locked.status not in ("queued", "running"):
-            raise Conflict(f"Evaluation {locked.id} is {locked.status}; only queued or running ones can be cancelled.")
-        locked.status, locked.finished_at = "cancelled", timezone.now()
-        locked.save(update_fields=["status", "finished_at"])
-        audit.record(organization=locked.organization, actor=actor, action="evaluation.cancelled",
-                     target_type="evaluation", target_id=locked.id,
-                     data={"completed": locked.results.count(), "total": locked.total})
+    locked, ended = _end(evaluation.pk, status="cancelled", actor=actor, action="evaluation.cancelled")
+    if not ended:
+        raise Conflict(f"Evaluation {evaluation.pk} is {locked.status if locked else 'gone'}; only queued or running "
+                       "ones can be cancelled.")
     return locked
 
 
@@ -336,18 +350,10 @@ def fail(evaluation_id: str, error: str) -> bool:
     """queued/running -> failed with ``error`` (row-locked, audited as the system); False if already final."""
     from orgs.actor import SYSTEM
 
-    with transaction.atomic():
-        locked = (EvaluationRun.objects.select_for_update(of=("self",)).select_related("organization")
-                  .filter(pk=evaluation_id).first())
-        if locked is None or locked.status not in ("queued", "running"):
-            return False
-        locked.status, locked.error, locked.finished_at = "failed", error[:2000], timezone.now()
-        locked.save(update_fields=["status", "error", "finished_at"])
-        audit.record(organization=locked.organization, actor=SYSTEM, action="evaluation.failed",
-                     target_type="evaluation", target_id=locked.id,
-                     data={"error": locked.error, "completed": locked.results.count(), "total": locked.total})
-    logger.warning("evaluation %s failed: %s", evaluation_id, error)
-    return True
+    _, ended = _end(evaluation_id, status="failed", actor=SYSTEM, action="evaluation.failed", error=error)
+    if ended:
+        logger.warning("evaluation %s failed: %s", evaluation_id, error)
+    return ended
 
 
 def _status_for_share(evaluation_id: str) -> str | None:
