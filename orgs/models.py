@@ -105,6 +105,8 @@ class UserToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Tokens end: at ``expires_at`` (set at issue from FRUXON_USER_TOKEN_TTL), or when the password changes.
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.user} ({self.prefix}…)"
@@ -116,6 +118,9 @@ class Secret(TenantModel):
     name = models.CharField(max_length=64, validators=[secret_name_validator])
     description = models.CharField(max_length=500, blank=True, default="")
     allowed_agents = models.JSONField(default=list, blank=True, help_text='Agent slugs, or ["*"] for all.')
+    # Hosts (lowercase, optionally host:port) this secret may be sent to, besides the hosts of the
+    # integrations whose credentials it is. Never ["*"]: a secret goes only where its owner said.
+    allowed_hosts = models.JSONField(default=list, blank=True, help_text="Hosts the value may be sent to.")
     current_version = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -147,6 +152,24 @@ class SecretVersion(TenantModel):
 
     def __str__(self) -> str:
         return f"{self.secret.name} v{self.version}"
+
+
+class Invitation(TenantModel):
+    """An email with no account yet, invited to an org with a role; accepted when that account appears."""
+
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=ORG_ROLE_CHOICES, default=VIEWER)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "email"], name="uniq_invitation_email")]
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.email} @ {self.organization} ({self.role})"
 
 
 class Integration(TenantModel):
