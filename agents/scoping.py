@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from fruxon.db import PreparedQuery
 from fruxon.errors import Forbidden, NotFound
-from orgs.models import ApiKey, Organization
-from orgs.roles import OWNER
+from orgs.models import ApiKey, Membership, Organization
+from orgs.roles import EDITOR, OWNER, role_at_least
 from orgs.scoping import resolve_tenant
 
+from . import engine
 from .grants import grant_role
 from .models import Agent
 
@@ -56,6 +57,50 @@ def resolve_agent_for(*, organization: Organization, slug: str, user, org_role: 
         _check_key(api_key, agent)
         return agent, None
     return agent, effective_role(agent=agent, user=user, org_role=org_role)
+
+
+# What running an agent takes: ``:execute``'s access map is built from these, and so is the
+# sub-agent rule below (one definition: the two cannot drift apart).
+EXECUTE_ROLE, EXECUTE_SCOPE = EDITOR, "agents:execute"
+
+
+def subagent_refusal(*, actor, organization: Organization, spec) -> Forbidden | None:
+    """Why ``actor`` may not name the spec's sub-agents in a revision (the 403 to raise), or None.
+
+    A revision runs its sub-agents with the router's rights, for whoever calls the router: so
+    its author must be allowed to execute each of them. A key needs the ``agents:execute``
+    scope and each sub-agent in its agent list; a person needs ``EXECUTE_ROLE`` on each
+    sub-agent after per-agent grants (a sub-agent that does not exist yet counts at the org
+    role). The system actor (demo, migrations) is not checked. Checked once, when the
+    revision is written: a deployed router keeps working for every caller of the router.
+    """
+    if actor is None or actor.system:
+        return None
+    slugs = sorted({ref.agent for ref in engine.referenced_subagents(spec)})
+    if not slugs:
+        return None
+    key = actor.api_key
+    if key is not None:
+        for slug in slugs:
+            if EXECUTE_SCOPE not in key.scopes:
+                return Forbidden(f"Calling sub-agent '{slug}' needs the '{EXECUTE_SCOPE}' scope; this API key lacks it.",
+                                 details={"subAgent": slug, "requiredScope": EXECUTE_SCOPE})
+            if not key.allows_agent(slug):
+                return Forbidden(f"This API key is limited to other agents than sub-agent '{slug}'.",
+                                 details={"subAgent": slug})
+        return None
+    user = actor.user_or_none
+    membership = (Membership.objects.filter(organization=organization, user=user).first()
+                  if user is not None else None)
+    org_role = membership.role if membership is not None else None
+    agents = {a.slug: a for a in Agent.objects.filter(organization=organization, slug__in=slugs)}
+    for slug in slugs:
+        agent = agents.get(slug)
+        role = effective_role(agent=agent, user=user, org_role=org_role) if agent is not None else org_role
+        if not role_at_least(role, EXECUTE_ROLE):
+            return Forbidden(f"Calling sub-agent '{slug}' needs the {EXECUTE_ROLE} role on it; you are {role}.",
+                             details={"subAgent": slug, "requiredRole": EXECUTE_ROLE, "role": role})
+    return None
 
 
 _key_lookups: dict[tuple[str, ...], PreparedQuery] = {}

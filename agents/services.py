@@ -15,6 +15,7 @@ from orgs.services import audit
 
 from . import engine
 from .models import Agent, Revision, RevisionReference
+from .scoping import subagent_refusal
 
 
 def create_agent(*, actor: Actor, organization: Organization, slug: str, name: str = "", description: str = "") -> Agent:
@@ -99,8 +100,15 @@ def _references(spec: dict) -> list[tuple[str, str, str]]:
 
 def create_revision(*, actor: Actor, agent: Agent, spec: dict, message: str = "", parent_id: str | None = None,
                     origin: dict | None = None) -> Revision:
-    """Validate and store a new immutable revision. ``parent_id`` defaults to the newest revision."""
+    """Validate and store a new immutable revision. ``parent_id`` defaults to the newest revision.
+
+    403 ``forbidden`` (naming it in ``details.subAgent``) when the actor may not execute a
+    sub-agent the spec names (``agents.scoping.subagent_refusal``); nothing is written.
+    """
     validate_spec_or_400(spec)
+    refusal = subagent_refusal(actor=actor, organization=agent.organization, spec=spec)
+    if refusal is not None:
+        raise refusal
     with transaction.atomic():
         Agent.objects.select_for_update().filter(pk=agent.pk).first()  # serialize revisions of one agent
         if parent_id:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import pytest
 from django.urls import reverse
 
-from orgs.models import ApiKey, Membership, Organization, Secret, SecretVersion
+from agents.models import Agent
+from orgs.models import ApiKey, AuditEvent, Membership, Organization, Secret, SecretVersion
 from orgs.roles import ALL_SCOPES, RANK
 
 from datetime import timedelta
@@ -205,3 +206,77 @@ def test_principal_routes(world):
     _assert_error(Api.anonymous().delete("/v1/auth/token"), 401, "unauthenticated")
     slugs = [o["slug"] for o in Api.as_user(world.b_owner).get("/v1/orgs").json()["results"]]
     assert slugs == ["beta"]
+
+
+# --- a key's agent list and sub-agent rights (issue 12, item 6) ---------------------------------
+def _gamma_key(world: World, scopes=ALL_SCOPES) -> str:
+    """A key of org A with ``scopes``, limited to gamma-agent (a second agent of A)."""
+    if not Agent.objects.filter(organization=world.a, slug="gamma-agent").exists():
+        agent_with_revision(world.a, "gamma-agent")
+    return f.api_key(world.a, scopes=list(scopes), agents=["gamma-agent"], name="gamma key")[1]
+
+
+# Objects of the org that belong to no agent: the key's scopes decide, not its agent list.
+ORG_LEVEL_OBJECTS = ("apikey-", "case-", "dataset-", "integration-", "member-", "secret-")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in ROUTES.items() if "GET" in r.methods))
+def test_agent_limited_key_reads_nothing_of_other_agents(world, name):
+    """A key with every scope, limited to gamma-agent: alpha-agent's routes refuse it, and no
+    org-wide read (lists, export, audit events, metrics) names alpha-agent or its objects."""
+    client = Api.as_key(_gamma_key(world))
+    kwargs = OBJECTS[name].kwargs(world)
+    response = client.get(reverse(name, kwargs={"tenant": world.a.slug, **kwargs}))
+    if kwargs and not name.startswith(ORG_LEVEL_OBJECTS):
+        assert response.status_code in (403, 404), (name, response.status_code, response.content[:300])
+        return
+    assert response.status_code == 200, (name, response.content[:300])
+    text = response.content.decode()
+    for leak in ('"alpha-agent"', world.a_revision.id, world.a_run.id):
+        assert leak not in text, (name, leak, text[:500])
+
+
+def test_agent_limited_key_imports_only_its_agents(world):
+    document = Api.as_user(world.a_users["owner"]).get("/v1/alpha/export?history=true").json()
+    client = Api.as_key(_gamma_key(world))
+    before = AuditEvent.objects.filter(organization=world.a).count()
+    for query in ("", "?dryRun=true"):
+        _assert_error(client.post(f"/v1/alpha/import{query}", document, format="json"), 403, "forbidden")
+    assert AuditEvent.objects.filter(organization=world.a).count() == before
+    mine = {**document, "agents": [a for a in document["agents"] if a["slug"] == "gamma-agent"]}
+    assert client.post("/v1/alpha/import?dryRun=true", mine, format="json").status_code == 200
+
+
+def _router_on_gamma(world: World) -> dict:
+    spec = local_spec("routed")
+    spec["steps"][0]["subAgents"] = [{"agent": "alpha-agent"}]
+    return {"spec": spec, "message": "calls alpha-agent"}
+
+
+@pytest.mark.parametrize("who,allowed", [
+    ("owner", True), ("editor", True), ("admin", True),  # admin: an editor with the admin grant on alpha-agent
+    ("viewer", False),  # alpha-viewer, given an editor grant on gamma, only views alpha-agent
+    ("key:all", True), ("key:gamma-only", False), ("key:no-execute", False),
+])
+def test_subagent_needs_the_right_to_execute_it(world, who, allowed):
+    _gamma_key(world)  # creates gamma-agent
+    gamma = Agent.objects.get(organization=world.a, slug="gamma-agent")
+    if who.startswith("key:"):
+        plain = {"key:all": lambda: f.api_key(world.a, scopes=list(ALL_SCOPES))[1],
+                 "key:gamma-only": lambda: _gamma_key(world),
+                 "key:no-execute": lambda: f.api_key(world.a, scopes=[s for s in ALL_SCOPES
+                                                                      if s != "agents:execute"])[1]}[who]()
+        client = Api.as_key(plain)
+    else:
+        user = world.a_users[who]
+        grants.set_grant(actor=SYSTEM, agent=gamma, username=user.username, role="editor")
+        client = Api.as_user(user)
+    before = gamma.revisions.count()
+    response = client.post("/v1/alpha/agents/gamma-agent/revisions", _router_on_gamma(world), format="json")
+    if allowed:
+        assert response.status_code == 201, (who, response.content[:300])
+        assert gamma.revisions.count() == before + 1
+    else:
+        _assert_error(response, 403, "forbidden")
+        assert response.json()["error"]["details"]["subAgent"] == "alpha-agent"
+        assert gamma.revisions.count() == before

@@ -26,6 +26,7 @@ from orgs.roles import ADMIN, EDITOR, OWNER, VIEWER
 from .. import execution, grants, services
 from ..diff import diff_specs
 from ..models import Agent, Revision
+from ..scoping import EXECUTE_ROLE, EXECUTE_SCOPE
 from . import serializers as s
 
 # Non-ok runs answer with the error shape; the status says whose fault it was.
@@ -95,7 +96,11 @@ class RevisionViewSet(OrgScopedViewSet):
     def list(self, request, tenant, agent):
         return self.paginated_response()
 
-    @extend_schema(request=s.RevisionCreate, responses={201: s.RevisionDetail})
+    @extend_schema(request=s.RevisionCreate, responses={
+        201: s.RevisionDetail,
+        403: OpenApiResponse(description="forbidden: the role or scope, or a sub-agent the spec names that the "
+                                         "caller may not execute (details.subAgent)"),
+    })
     def create(self, request, tenant, agent):
         data = validated(s.RevisionCreate, request.data)
         revision = services.create_revision(actor=_actor(request), agent=self.agent, spec=data["spec"],
@@ -180,7 +185,7 @@ def _execute_request(data) -> dict:
 class ExecuteView(OrgScopedAPIView):
     """Run the agent: on its deployed revision, or on a pinned ``revisionId`` (canary)."""
 
-    access = {"POST": Access(EDITOR, "agents:execute")}
+    access = {"POST": Access(EXECUTE_ROLE, EXECUTE_SCOPE)}
     # The deployed revision comes with the agent (one query): the run resolves it from that row.
     agent_select_related = ("deployed_revision",)
 

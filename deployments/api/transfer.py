@@ -1,10 +1,12 @@
 """Export, import and promotion endpoints (API.md "Export and import between organizations").
 
 * ``GET /v1/{tenant}/export?agents=a,b&history=false`` (owner; key scope
-  ``org:read``): the ``fruxon.export/v1`` document.
+  ``org:read``): the ``fruxon.export/v1`` document; a key limited to some agents
+  exports only those (naming another: 403).
 * ``POST /v1/{tenant}/import`` (owner; ``org:write``): the body is the
   document itself (options in the query: ``?dryRun=true&deploy=true``) or
-  ``{"document": {...}, "dryRun": bool, "deploy": bool}``. 200 with
+  ``{"document": {...}, "dryRun": bool, "deploy": bool}``; a key limited to some
+  agents may import only documents about those (403 otherwise). 200 with
   ``{"dryRun", "applied", "plan", "revisions", "deployments"}``.
 * ``POST /v1/{tenant}/agents/{agent}:promote`` (owner of both orgs; people
   only): ``{"targetOrg", "revisionId"?, "reason"?, "force"?}``. The target
@@ -58,14 +60,16 @@ class ExportView(OrgScopedAPIView):
     access = {"GET": Access(OWNER, "org:read")}
 
     @extend_schema(parameters=[
-        OpenApiParameter("agents", str, description="comma-separated agent slugs (default: all)"),
+        OpenApiParameter("agents", str, description="comma-separated agent slugs (default: all; for an API key "
+                                                    "limited to some agents, those: naming another is a 403)"),
         OpenApiParameter("history", bool, description="every revision instead of the deployed one"),
-    ], responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="a fruxon.export/v1 document")})
+    ], responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="a fruxon.export/v1 document"),
+                  403: OpenApiResponse(description="forbidden: the role or scope, or an agent outside the key's list")})
     def get(self, request, tenant):
         raw = request.query_params.get("agents")
         agents = None if raw is None else [s.strip() for s in raw.split(",") if s.strip()]
         document = transfer.export_organization(organization=self.organization, agents=agents,
-                                                history=_flag(request, "history"))
+                                                history=_flag(request, "history"), allowed=self.keys_agents())
         return Response(document)
 
 
@@ -78,6 +82,9 @@ class ImportView(OrgScopedAPIView):
     ], responses={
         200: OpenApiResponse(OpenApiTypes.OBJECT, description="{dryRun, applied, plan, revisions, deployments}"),
         400: OpenApiResponse(description="invalid_export: details.problems names each JSON path"),
+        403: OpenApiResponse(description="forbidden: the role or scope; a document naming an agent outside the "
+                                         "key's list (details.agents), or a revision naming a sub-agent the caller "
+                                         "may not execute (details.subAgent), dry run included; nothing written"),
         409: OpenApiResponse(description="not_ready: a deploy failed its checklist; nothing was written"),
     })
     def post(self, request, tenant):

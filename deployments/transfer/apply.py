@@ -27,9 +27,10 @@ from django.db import transaction
 
 from agents import services as agent_services
 from agents.models import Agent
+from agents.scoping import subagent_refusal
 from evaluations.models import Dataset
 from evaluations.services import datasets as dataset_services
-from fruxon.errors import Conflict
+from fruxon.errors import Conflict, Forbidden
 from monitoring import budgets
 from monitoring.models import Budget
 from orgs.actor import Actor
@@ -184,17 +185,45 @@ def _refuse_missing(plan: Plan) -> None:
                                 "missingIntegrations": plan.missing_integrations, "plan": plan.to_dict()})
 
 
+def _refuse_agents_outside_key(actor: Actor, document: ValidDocument) -> None:
+    """403 when an API key limited to some agents imports a document that names another agent.
+
+    A document's agents are created or changed by the import (revisions, budget, gate,
+    deploy): the key's agent list applies to each as it does on ``/agents/{agent}`` routes.
+    """
+    key = actor.api_key
+    if key is None or not key.agents:
+        return
+    outside = sorted({item["slug"] for item in document.agents if not key.allows_agent(item["slug"])})
+    if outside:
+        raise Forbidden(f"This API key is limited to other agents than {', '.join(repr(s) for s in outside)}; "
+                        "nothing was imported.", details={"agents": outside})
+
+
 def import_document(*, actor: Actor, organization: Organization, document: ValidDocument, dry_run: bool = False,
                     deploy: bool = False, refuse_missing: bool = False, force: bool = False,
                     reason: str = "") -> ImportResult:
     """Plan, and unless ``dry_run`` apply, the import of ``document`` into ``organization``.
 
+    403 (dry run included, nothing written) when ``actor`` is an API key limited to some
+    agents and the document names another, or when a revision to create names a sub-agent
+    the actor may not execute.
+
     ``refuse_missing`` turns missing secrets or integrations into a 409 ``not_ready`` with
     the plan (promotion uses it). ``force``/``reason`` go to each deploy (the caller has
     checked the actor may force).
     """
+    _refuse_agents_outside_key(actor, document)
     if dry_run:
-        return ImportResult(plan=build_plan(organization, document, deploy=deploy), dry_run=True)
+        plan = build_plan(organization, document, deploy=deploy)
+        # What applying would refuse, a dry run refuses too: the revisions it would create are
+        # checked for sub-agents the actor may not execute (``create_revision`` checks the rest).
+        for step in plan.revision_steps:
+            refusal = None if step.target_id else subagent_refusal(actor=actor, organization=organization,
+                                                                   spec=step.doc["spec"])
+            if refusal is not None:
+                raise refusal
+        return ImportResult(plan=plan, dry_run=True)
     with transaction.atomic():
         Organization.objects.select_for_update().filter(pk=organization.pk).first()
         plan = build_plan(organization, document, deploy=deploy)

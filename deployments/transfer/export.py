@@ -5,7 +5,8 @@ value: it reads secret *names* from revision references, integration
 ``credentials_secret`` and judge models, and imports nothing that decrypts.
 What goes in (the format is ``deployments/schemas/fruxon.export.v1.json``):
 
-* agents (all, or the ``agents`` slugs; an unknown slug is a 400) with their
+* agents (all, or the ``agents`` slugs; an unknown slug is a 400; for a key limited to some
+  agents, only those, and another agent named is a 403) with their
   deployed revision, or every revision with ``history=True``, oldest first;
   each agent's gating dataset slug, gate tolerance and budget;
 * datasets with their cases: all of them, or (with an ``agents`` filter) the
@@ -27,7 +28,7 @@ from django.utils import timezone
 from agents import engine
 from agents.models import Agent, Revision
 from evaluations.models import Case, Dataset
-from fruxon.errors import InvalidRequest
+from fruxon.errors import Forbidden, InvalidRequest
 from monitoring.models import Budget
 from orgs.models import Integration, Organization
 
@@ -87,8 +88,16 @@ def _document(organization: Organization, *, history: bool, agents: list[dict], 
             "secrets": _secrets(agents, datasets, integrations)}
 
 
-def _chosen_agents(organization: Organization, slugs: list[str] | None) -> list[Agent]:
+def _chosen_agents(organization: Organization, slugs: list[str] | None, allowed: list[str] | None) -> list[Agent]:
     agents = Agent.objects.filter(organization=organization).select_related("gating_dataset", "budget").order_by("slug")
+    if allowed is not None:
+        outside = sorted(set(slugs or ()) - set(allowed))
+        if outside:
+            # The same answer as /agents/{agent} gives such a key: 403, whether or not the agent exists.
+            raise Forbidden(f"This API key is limited to other agents than {', '.join(repr(s) for s in outside)}.",
+                            details={"agents": outside})
+        if slugs is None:
+            return list(agents.filter(slug__in=set(allowed)))
     if slugs is None:
         return list(agents)
     chosen = list(agents.filter(slug__in=set(slugs)))
@@ -100,9 +109,17 @@ def _chosen_agents(organization: Organization, slugs: list[str] | None) -> list[
 
 
 def export_organization(*, organization: Organization, agents: list[str] | None = None,
-                        history: bool = False) -> dict:
-    """The export document of ``organization`` (see the module docstring). Reads only."""
-    chosen = _chosen_agents(organization, agents)
+                        history: bool = False, allowed: list[str] | None = None) -> dict:
+    """The export document of ``organization`` (see the module docstring). Reads only.
+
+    ``allowed`` is the agent list of the API key asking (None: no limit). With it, the
+    export holds only those agents (``agents`` defaults to them, and is then narrowed like
+    an explicit ``agents`` filter: their gating datasets and the integrations they call);
+    naming another agent in ``agents`` is a 403.
+    """
+    chosen = _chosen_agents(organization, agents, allowed)
+    if allowed is not None:
+        agents = [a.slug for a in chosen]
     revisions = Revision.objects.filter(agent__in=chosen).order_by("created_at", "id")
     if not history:
         revisions = revisions.filter(pk__in=[a.deployed_revision_id for a in chosen if a.deployed_revision_id])

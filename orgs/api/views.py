@@ -267,6 +267,23 @@ class IntegrationViewSet(OrgScopedViewSet):
 
 
 # --- audit ---------------------------------------------------------------------------------------------
+def _about_agents(organization, agents: list[str]) -> Q:
+    """Events about one of ``agents``: the agent itself, its revisions, runs and evaluations.
+
+    What an API key limited to those agents may read; every other event (members, keys,
+    secrets, integrations, datasets, the org) is org-level and hidden from such a key.
+    """
+    from agents.models import Revision
+    from evaluations.models import EvaluationRun
+
+    return (Q(target_type="agent", target_id__in=agents)
+            | Q(target_type="revision", target_id__in=Revision.objects.filter(
+                organization=organization, agent__slug__in=agents).values("id"))
+            | Q(target_type="run", data__agent__in=agents)
+            | Q(target_type="evaluation", target_id__in=EvaluationRun.objects.filter(
+                organization=organization, agent__slug__in=agents).values("id")))
+
+
 class AuditEventViewSet(OrgScopedViewSet):
     queryset = AuditEvent.objects.all()
     serializer_class = s.AuditEventSerializer
@@ -274,6 +291,8 @@ class AuditEventViewSet(OrgScopedViewSet):
 
     def refine_queryset(self, queryset):
         params = self.request.query_params
+        if (agents := self.keys_agents()) is not None:
+            queryset = queryset.filter(_about_agents(self.organization, agents))
         if action := params.get("action"):
             # "secret" matches every secret.* action; "secret.updated" only that one.
             queryset = queryset.filter(Q(action=action) | Q(action__startswith=action + "."))
@@ -287,6 +306,7 @@ class AuditEventViewSet(OrgScopedViewSet):
     @extend_schema(parameters=[
         OpenApiParameter("action", str, description="exact action, or a prefix such as 'secret'"),
         OpenApiParameter("since", str, description="ISO 8601 date-time"),
-    ])
+    ], description="An API key limited to some agents sees only events about those agents (the agent, its "
+                   "revisions, runs and evaluations); org-level events are hidden from it.")
     def list(self, request, tenant):
         return self.paginated_response()
