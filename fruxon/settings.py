@@ -300,3 +300,47 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
 }
+
+# --- Content security policy, API docs offline, static files (issue 12, item 12) -----------------
+# Swagger UI (/v1/docs) is served from drf-spectacular-sidecar's static files, never a CDN; static
+# files (the admin's, the sidecar's, fruxon/static) are served by WhiteNoise from STATIC_ROOT
+# (`manage.py collectstatic`), so a gunicorn-only deploy serves them too. In DEBUG and tests they
+# come straight from the apps (no collectstatic needed).
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "whitenoise.middleware.WhiteNoiseMiddleware")
+WHITENOISE_USE_FINDERS = DEBUG or TESTING
+WHITENOISE_AUTOREFRESH = DEBUG
+SPECTACULAR_SETTINGS |= {
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # validatorUrl None: Swagger UI would otherwise show a badge fetched from validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+}
+# Every response carries a CSP (django-csp): only this origin's scripts (no inline script, no
+# eval: the admin's and Swagger UI's scripts are static files), no plugins, no framing, no <base>
+# rewriting, forms post only here. Styles: this origin's style sheets; inline style *attributes*
+# stay allowed (style-src-attr) because Django's admin widgets and the run trace's indentation set
+# them, and an attribute can restyle but never run code.
+from csp.constants import NONE as _CSP_NONE, SELF as _CSP_SELF, UNSAFE_INLINE as _CSP_UNSAFE_INLINE  # noqa: E402
+
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "csp.middleware.CSPMiddleware")
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [_CSP_SELF],
+        "script-src": [_CSP_SELF],
+        "style-src": [_CSP_SELF],
+        "style-src-attr": [_CSP_UNSAFE_INLINE],
+        "img-src": [_CSP_SELF, "data:"],
+        "font-src": [_CSP_SELF, "data:"],
+        "connect-src": [_CSP_SELF],
+        "object-src": [_CSP_NONE],
+        "base-uri": [_CSP_SELF],
+        "frame-ancestors": [_CSP_NONE],
+        "form-action": [_CSP_SELF],
+    },
+}
+# X-Content-Type-Options: nosniff is SECURE_CONTENT_TYPE_NOSNIFF above; the referrer stays on this origin.
+SECURE_REFERRER_POLICY = "same-origin"

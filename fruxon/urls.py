@@ -5,7 +5,7 @@ Anything else answers the JSON 404 error shape, in DEBUG too.
 from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from fruxon import converters  # noqa: F401  (registers the "name" converter)
 from fruxon.api import errors
@@ -23,7 +23,9 @@ tenant_urls = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
-    path("v1/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # The split view serves its init script at /v1/docs?script (no inline script for the CSP to allow);
+    # Swagger UI itself comes from drf-spectacular-sidecar's static files (SPECTACULAR_SETTINGS).
+    path("v1/docs", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
     path("v1/", include(orgs_urls.principal_urls)),
     path("v1/<name:tenant>/", include(tenant_urls)),
     # csrf_exempt: an unknown route is a 404 for every method, not a CSRF refusal (it changes nothing).
