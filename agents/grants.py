@@ -5,6 +5,12 @@ the ``agents.agent_<role>`` permission on that agent. Guardian is used only for
 these point checks, never to filter lists (DESIGN's stack table). Only org
 members can hold a grant; removing a member does not leave grants that matter
 (the role check requires membership first).
+
+No one grants more than they hold on the agent (``orgs.rights``): a person's
+role there (their grant, else their org role; org owners hold everything) must
+be at least the role given, and at least the role a replaced or removed grant
+held; a key must allow the agent and hold every scope of those roles. Refusals
+are 403 ``forbidden`` before anything is written.
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from guardian.models import UserObjectPermission
 from fruxon.errors import InvalidRequest, NotFound
 from orgs.actor import Actor
 from orgs.models import Membership
-from orgs.roles import ADMIN, EDITOR, RANK, VIEWER
+from orgs.rights import org_role_of, require_role_within
+from orgs.roles import ADMIN, EDITOR, OWNER, RANK, VIEWER
 from orgs.services import audit
 
 from .models import Agent
@@ -63,14 +70,27 @@ def get_grant(*, agent: Agent, username: str) -> tuple[object, str]:
     return user, role
 
 
+def _may_give(actor: Actor, agent: Agent, role: str) -> None:
+    """403 unless ``actor`` holds ``role``'s rights on ``agent``."""
+    person_role = None
+    if actor.api_key is None and not actor.system:
+        org_role = org_role_of(actor, agent.organization)
+        person_role = OWNER if org_role == OWNER else (grant_role(user=actor.user_or_none, agent=agent) or org_role)
+    require_role_within(actor, agent.organization, role, what=f"the {role} grant on '{agent.slug}'",
+                        agent_slug=agent.slug, person_role=person_role)
+
+
 def set_grant(*, actor: Actor, agent: Agent, username: str, role: str) -> tuple[object, str, bool]:
     """Give ``username`` (a member of the agent's org) ``role`` on the agent. Returns (user, role, created)."""
     user = _member(agent, username)
     if user is None:
         raise InvalidRequest(f"'{username}' is not a member of this organization.", code="not_a_member",
                              details={"fields": {"user": ["Not a member of this organization."]}})
+    _may_give(actor, agent, role)
     with transaction.atomic():
         before = grant_role(user=user, agent=agent)
+        if before is not None:
+            _may_give(actor, agent, before)  # replacing a grant takes away what it held
         for codename in _ROLE_OF:
             remove_perm(f"agents.{codename}", user, agent)
         assign_perm(f"agents.{_CODENAMES[role]}", user, agent)
@@ -81,6 +101,7 @@ def set_grant(*, actor: Actor, agent: Agent, username: str, role: str) -> tuple[
 
 def remove_grant(*, actor: Actor, agent: Agent, username: str) -> None:
     user, role = get_grant(agent=agent, username=username)
+    _may_give(actor, agent, role)
     with transaction.atomic():
         for codename in _ROLE_OF:
             remove_perm(f"agents.{codename}", user, agent)

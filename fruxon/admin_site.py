@@ -46,6 +46,28 @@ def member_login_form():
             ),
         }
 
+        def clean(self):
+            # Password guessing limits, as on POST /v1/auth/token (orgs.login_throttle): a locked
+            # account or address gets this error and no session, even with the right password.
+            from orgs import login_throttle
+
+            username = self.cleaned_data.get("username")
+            address = login_throttle.client_address(self.request) if self.request is not None else None
+            wait = login_throttle.retry_after(username=username, address=address)
+            if wait:
+                raise ValidationError(
+                    "Too many failed logins for this account or from this address; try again in %(minutes)s minutes.",
+                    code="throttled", params={"minutes": max(1, -(-wait // 60))},
+                )
+            try:
+                cleaned = super().clean()
+            except ValidationError:
+                if username is not None and self.cleaned_data.get("password") is not None:
+                    login_throttle.failed(username=username, address=address)
+                raise
+            login_throttle.succeeded(username=username)
+            return cleaned
+
         def confirm_login_allowed(self, user):
             # AuthenticationForm's check (active) without the admin's is_staff requirement.
             AuthenticationForm.confirm_login_allowed(self, user)

@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class OrgsConfig(AppConfig):
     name = "orgs"
     verbose_name = "Organizations"
+
+    def ready(self):
+        from . import signals
+
+        signals.connect()

@@ -40,3 +40,24 @@ def expand_scopes(scopes: list[str] | None, preset: str | None) -> list[str]:
     if preset:
         out.update(PRESETS[preset])
     return sorted(out)
+
+
+# --- what each role amounts to in scopes (no one grants more than they hold) ---------------
+# A role is compared with an API key through these sets: a key may give a role (membership,
+# invitation or per-agent grant) only when it holds every scope of the role, and, for an org
+# role, is limited to no agents (an org role reaches every agent). The sets follow the access
+# maps of the API views (tests/test_security_keys.py checks that they agree).
+_VIEWER_SCOPES = frozenset({
+    "agents:read", "revisions:read", "runs:read", "datasets:read", "evaluations:read", "budgets:read", "org:read",
+})
+_EDITOR_SCOPES = _VIEWER_SCOPES | {
+    "agents:write", "agents:execute", "revisions:write", "revisions:deploy", "runs:write", "datasets:write",
+    "evaluations:write", "integrations:read", "secrets:read",
+}
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    VIEWER: _VIEWER_SCOPES,
+    EDITOR: frozenset(_EDITOR_SCOPES),
+    # An agent admin is an editor of that agent who also manages its collaborators.
+    ADMIN: frozenset(_EDITOR_SCOPES | {"members:read", "members:write"}),
+    OWNER: frozenset(ALL_SCOPES),
+}

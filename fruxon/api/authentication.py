@@ -91,10 +91,15 @@ class UserTokenAuthentication(authentication.BaseAuthentication):
             if raw and not raw.startswith(API_KEY_PREFIX):
                 raise exceptions.AuthenticationFailed("Unknown bearer token format.")
             return None
+        # Not cached: expiry, revocation and a password change (which revokes) hold on the next request.
         token = UserToken.objects.select_related("user").filter(key_hash=hash_credential(raw)).first()
         if token is None or token.revoked_at is not None or not token.user.is_active:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         now = timezone.now()
+        from orgs.services.tokens import token_expires_at
+
+        if token_expires_at(token) <= now:
+            raise exceptions.AuthenticationFailed("This token has expired; get a new one from POST /v1/auth/token.")
         if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:
             UserToken.objects.filter(pk=token.pk).update(last_used_at=now)
         return token.user, token

@@ -11,6 +11,7 @@ from fruxon.errors import Conflict, InvalidRequest, NotFound
 from orgs.actor import Actor
 from orgs.credentials import API_KEY_PREFIX, mint
 from orgs.models import ApiKey, Organization
+from orgs.rights import Rights, held_by, require_within
 from orgs.roles import ALL_SCOPES, expand_scopes
 
 MAX_OVERLAP = timedelta(days=30)
@@ -34,14 +35,24 @@ def _forget(key: ApiKey) -> None:
     transaction.on_commit(lambda: forget_key(key))
 
 
+def _within_actor(actor: Actor, organization: Organization, *, scopes, agents, expires_at, what: str) -> None:
+    """403 unless a key with these scopes, agents and expiry is within what ``actor`` holds (orgs.rights)."""
+    wanted = Rights(frozenset(scopes), frozenset(agents) if agents else None, expires_at)
+    require_within(held_by(actor, organization), wanted, what=what)
+
+
 def create_key(*, actor: Actor, organization: Organization, name: str, scopes: list[str] | None = None,
                preset: str | None = None, agents: list[str] | None = None, expires_at=None) -> MintedKey:
+    """Mint a key. Its scopes, agent list and expiry must be within the actor's own (403 otherwise):
+    a key limited to agents mints only keys limited to some of them, an expiring key only keys that
+    expire no later."""
     unknown = sorted(set(scopes or []) - set(ALL_SCOPES))
     if unknown:
         raise InvalidRequest(f"Unknown scopes: {', '.join(unknown)}.", code="unknown_scope", details={"fields": {"scopes": unknown}})
     expanded = expand_scopes(scopes, preset)
     if not expanded:
         raise InvalidRequest("A key needs at least one scope or a preset.", details={"fields": {"scopes": ["Required."]}})
+    _within_actor(actor, organization, scopes=expanded, agents=agents, expires_at=expires_at, what="a key")
     plaintext, prefix, digest = mint(API_KEY_PREFIX)
     from . import audit
 
@@ -78,7 +89,10 @@ def revoke_key(*, actor: Actor, organization: Organization, key_id) -> ApiKey:
 
 
 def rotate_key(*, actor: Actor, organization: Organization, key_id, overlap: timedelta) -> MintedKey:
-    """Mint a successor with the same scopes and agents; the old key works until now + overlap."""
+    """Mint a successor with the same scopes and agents; the old key works until now + overlap.
+
+    The old key's scopes, agents and expiry must be within the actor's own (403 otherwise):
+    rotating hands out a fresh copy of them."""
     if overlap < timedelta(0) or overlap > MAX_OVERLAP:
         raise InvalidRequest("overlapSeconds must be between 0 and 30 days.", details={"fields": {"overlapSeconds": ["Out of range."]}})
     from . import audit
@@ -87,6 +101,8 @@ def rotate_key(*, actor: Actor, organization: Organization, key_id, overlap: tim
         old = _get_active(organization, key_id)
         if not old.is_active():
             raise Conflict("Only an active key can be rotated.", code="key_inactive")
+        _within_actor(actor, organization, scopes=old.scopes, agents=old.agents, expires_at=old.expires_at,
+                      what="a copy of this key")
         plaintext, prefix, digest = mint(API_KEY_PREFIX)
         new = ApiKey.objects.create(
             organization=organization, name=old.name, prefix=prefix, key_hash=digest, scopes=old.scopes,
