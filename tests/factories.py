@@ -49,10 +49,10 @@ def member(org: Organization, role: str, username: str | None = None):
     return user
 
 
-def api_key(org: Organization, *, scopes=None, preset=None, agents=None, name="test key"):
+def api_key(org: Organization, *, scopes=None, preset=None, agents=None, name="test key", expires_at=None):
     """A key with the given scopes; returns (ApiKey, plaintext)."""
     minted = api_keys.create_key(actor=Actor(system=True), organization=org, name=name,
-                                 scopes=scopes, preset=preset, agents=agents)
+                                 scopes=scopes, preset=preset, agents=agents, expires_at=expires_at)
     return minted.key, minted.plaintext
 
 

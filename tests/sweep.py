@@ -13,6 +13,7 @@ from typing import Callable
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from fruxon.api.base import OrgScopedAPIView, OrgScopedGenericAPIView, OrgScopedViewSet
+from orgs.roles import ROLE_SCOPES
 
 TENANT_BASES = (OrgScopedAPIView, OrgScopedGenericAPIView, OrgScopedViewSet)
 PRINCIPAL_ROUTES = {"auth-token", "org-list"}
@@ -66,16 +67,20 @@ class Target:
     # slug they create a new row there instead of 404; the sweep then checks
     # that org A's object is untouched.
     upsert_methods: tuple[str, ...] = ()
+    # Routes that hand out or take away rights (keys, members, grants; issue 12 item 1): a key
+    # needs, besides the route's scope, every scope the target holds or the request gives.
+    # ``holds`` names those scopes; test_sweep checks a key without them is refused (403).
+    holds: Callable[[object], tuple[str, ...]] | None = None
 
 
 OBJECTS: dict[str, Target] = {
     "org-settings": Target(),
     "member-list": Target(),
-    "member-detail": Target(lambda w: {"pk": w.a_viewer_membership.pk}),
+    "member-detail": Target(lambda w: {"pk": w.a_viewer_membership.pk}, holds=lambda w: tuple(ROLE_SCOPES["viewer"])),
     "apikey-list": Target(),
     "apikey-scopes": Target(),
     "apikey-detail": Target(lambda w: {"pk": w.a_key.pk}),
-    "apikey-rotate": Target(lambda w: {"pk": w.a_key.pk}),
+    "apikey-rotate": Target(lambda w: {"pk": w.a_narrow_key.pk}, holds=lambda w: tuple(w.a_narrow_key.scopes)),
     "secret-list": Target(),
     "secret-detail": Target(lambda w: {"name": "ALPHA_SECRET"}, upsert_methods=("PUT",)),
     "secret-rollback": Target(lambda w: {"name": "ALPHA_SECRET"}),
@@ -91,7 +96,8 @@ OBJECTS: dict[str, Target] = {
     "revision-detail": Target(lambda w: {"agent": "alpha-agent", "rev": w.a_revision.id}),
     "revision-diff": Target(lambda w: {"agent": "alpha-agent", "rev": w.a_revision.id}),
     "grant-list": Target(lambda w: {"agent": "alpha-agent"}),
-    "grant-detail": Target(lambda w: {"agent": "alpha-agent", "user": "alpha-viewer"}),
+    "grant-detail": Target(lambda w: {"agent": "alpha-agent", "user": "alpha-viewer"},
+                           holds=lambda w: tuple(ROLE_SCOPES["viewer"])),
     "run-detail": Target(lambda w: {"run": w.a_run.id}),
     "run-list": Target(),
     "run-pin": Target(lambda w: {"run": w.a_run.id}),

@@ -58,6 +58,7 @@ class World:
     a_schedule: object = None
     a_case: object = None
     a_evaluation: object = None
+    a_narrow_key: ApiKey = None  # runs:read only: what a key with keys:write and runs:read may rotate
 
 
 @pytest.fixture
@@ -92,9 +93,10 @@ def world(db) -> World:
     a_users["admin"] = f.member(a, "editor", "alpha-agent-admin")
     grants.set_grant(actor=SYSTEM, agent=a_agent, username="alpha-agent-admin", role="admin")
     grants.set_grant(actor=SYSTEM, agent=a_agent, username="alpha-viewer", role="viewer")
+    a_narrow_key, _ = f.api_key(a, scopes=["runs:read"], name="alpha narrow key")
     return World(a, b, a_users, b_owner, a_key,
                  Membership.objects.get(organization=a, user=a_users["viewer"]), b_plain, a_revision, a_run,
-                 a_deployment, a_schedule, a_case, a_evaluation)
+                 a_deployment, a_schedule, a_case, a_evaluation, a_narrow_key)
 
 
 def _call(client, method: str, url: str):
@@ -194,7 +196,9 @@ def test_keys_need_the_exact_scope(world, name, method):
         return
     _, all_but = f.api_key(world.a, scopes=[s for s in ALL_SCOPES if s != scope])
     _assert_error(_call(Api.as_key(all_but), method, url), 403, "forbidden")
-    _, only = f.api_key(world.a, scopes=[scope], name="only")
+    # Routes that hand out rights also need the rights handed out (test_keys_give_only_what_they_hold).
+    holds = OBJECTS[name].holds(world) if OBJECTS[name].holds and method in ("POST", "PUT", "PATCH", "DELETE") else ()
+    _, only = f.api_key(world.a, scopes=sorted({scope, *holds}), name="only")
     response = _call(Api.as_key(only, header="bearer"), method, url)
     assert response.status_code not in (401, 403, 404, 405), (response.status_code, response.content[:300])
 
@@ -280,3 +284,74 @@ def test_subagent_needs_the_right_to_execute_it(world, who, allowed):
         _assert_error(response, 403, "forbidden")
         assert response.json()["error"]["details"]["subAgent"] == "alpha-agent"
         assert gamma.revisions.count() == before
+
+
+# --- no escalation: keys mint, add and grant only what they hold (issue 12, item 1) --------------
+BOUNDED = sorted((n, m) for n, t in OBJECTS.items() if t.holds for m in ROUTES[n].methods if m != "GET")
+BOUNDED_BODIES = {("member-detail", "PATCH"): {"role": "viewer"}, ("grant-detail", "PUT"): {"role": "viewer"}}
+
+
+def _rights_snapshot(world: World):
+    return (sorted(Membership.objects.filter(organization=world.a).values_list("pk", "role")),
+            sorted(ApiKey.objects.filter(organization=world.a).values_list("pk", "expires_at")),
+            grants.list_grants(agent=world.a_revision.agent))
+
+
+@pytest.mark.parametrize("name,method", BOUNDED)
+def test_keys_give_only_what_they_hold(world, name, method):
+    """The route's scope alone is not enough where rights change hands: 403 naming the missing scopes, nothing written."""
+    scope = ROUTES[name].view_class.access[method].scope
+    _, only = f.api_key(world.a, scopes=[scope], name="only the route's scope")
+    before = _rights_snapshot(world)
+    url = _url(name, world.a.slug, world)
+    body = BOUNDED_BODIES.get((name, method), {})
+    response = getattr(Api.as_key(only), method.lower())(url, body, format="json")
+    _assert_error(response, 403, "forbidden")
+    missing = set(OBJECTS[name].holds(world)) - {scope}
+    assert set(response.json()["error"]["details"]["missingScopes"]) == missing
+    assert _rights_snapshot(world) == before
+
+
+def _limited_keys_writer(world: World, expires_at) -> tuple[ApiKey, str]:
+    return f.api_key(world.a, scopes=["keys:read", "keys:write", "runs:read"], agents=["alpha-agent"],
+                     expires_at=expires_at, name="limited keys writer")
+
+
+@pytest.mark.parametrize("beyond,missing", [
+    ({"preset": "admin", "scopes": None, "agents": None}, {"missingScopes", "agents"}),
+    ({"scopes": ["runs:read", "agents:read"]}, {"missingScopes"}),
+    ({"agents": None}, {"agents"}),  # no agent list: every agent
+    ({"agents": ["alpha-agent", "beta-agent"]}, {"agents"}),
+    ({"expiresAt": None}, {"expiresAt"}),  # never ends, from a key that does
+    ({"expiresAt": "later"}, {"expiresAt"}),
+])
+def test_limited_key_cannot_mint_a_broader_key(world, beyond, missing):
+    """keys:write limited to alpha-agent, ending tomorrow: it mints keys within that, and nothing broader."""
+    ends = timezone.now() + timedelta(days=1)
+    _, plain = _limited_keys_writer(world, ends)
+    within = {"name": "minted", "scopes": ["runs:read"], "agents": ["alpha-agent"],
+              "expiresAt": (ends - timedelta(hours=1)).isoformat()}
+    body = {**within, **beyond}
+    if body["expiresAt"] == "later":
+        body["expiresAt"] = (ends + timedelta(hours=1)).isoformat()
+    body = {k: v for k, v in body.items() if v is not None or k == "expiresAt"}
+    before = ApiKey.objects.count()
+    response = Api.as_key(plain).post("/v1/alpha/api-keys", body, format="json")
+    _assert_error(response, 403, "forbidden")
+    assert set(response.json()["error"]["details"]) == missing
+    assert ApiKey.objects.count() == before
+    assert Api.as_key(plain).post("/v1/alpha/api-keys", within, format="json").status_code == 201
+
+
+def test_limited_key_cannot_rotate_a_broader_key(world):
+    _, plain = _limited_keys_writer(world, timezone.now() + timedelta(days=1))
+    client = Api.as_key(plain)
+    for broader in (world.a_key, world.a_narrow_key):  # every scope; runs:read that never expires
+        before = ApiKey.objects.count()
+        response = client.post(f"/v1/alpha/api-keys/{broader.pk}:rotate", {"overlapSeconds": 0}, format="json")
+        _assert_error(response, 403, "forbidden")
+        assert ApiKey.objects.count() == before
+        broader.refresh_from_db()
+        assert broader.expires_at is None  # the old key was not cut short either
+    own = ApiKey.objects.get(name="limited keys writer")
+    assert client.post(f"/v1/alpha/api-keys/{own.pk}:rotate", {"overlapSeconds": 60}, format="json").status_code == 201

@@ -151,7 +151,11 @@ class GrantViewSet(OrgScopedViewSet):
         found, role = grants.get_grant(agent=self.agent, username=user)
         return Response({"user": found.username, "role": role})
 
-    @extend_schema(request=s.GrantPut, responses={200: s.GrantSerializer, 201: s.GrantSerializer})
+    @extend_schema(request=s.GrantPut, responses={
+        200: s.GrantSerializer, 201: s.GrantSerializer,
+        403: OpenApiResponse(description="forbidden: the role (or the grant it replaces) is more than the caller "
+                                         "holds on this agent (a key: a scope of the role it lacks)"),
+    })
     def update(self, request, tenant, agent, user):
         data = validated(s.GrantPut, request.data)
         found, role, created = grants.set_grant(actor=_actor(request), agent=self.agent, username=user, role=data["role"])
@@ -160,6 +164,8 @@ class GrantViewSet(OrgScopedViewSet):
     def destroy(self, request, tenant, agent, user):
         grants.remove_grant(actor=_actor(request), agent=self.agent, username=user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+    @extend_schema(responses={204: None, 403: OpenApiResponse(
+        description="forbidden: the grant is more than the caller holds on this agent")})
 
 
 _EXECUTE_LIMITS = {"revisionId": 20, "conversationId": 64}

@@ -63,8 +63,13 @@ class MembershipSerializer(serializers.ModelSerializer):
 
 
 class MemberCreate(StrictSerializer):
-    user = serializers.CharField(max_length=254, help_text="username or email of an existing user")
+    user = serializers.CharField(max_length=254, help_text="username or email of an existing user, or an email "
+                                                           "with no account yet (invited)")
     role = serializers.ChoiceField(choices=ORG_ROLE_CHOICES)
+
+
+class MemberInvited(serializers.Serializer):
+    invited = serializers.BooleanField(help_text="always true: an invitation was sent instead of a membership")
 
 
 class MemberUpdate(StrictSerializer):

@@ -11,11 +11,13 @@ from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 
 from fruxon.api.base import Access, OrgScopedAPIView, OrgScopedViewSet, PrincipalAPIView
 from fruxon.api.serializers import validated
 from fruxon.errors import InvalidRequest
 from orgs.actor import Actor
+from orgs.login_throttle import client_address
 from orgs.models import ApiKey, AuditEvent, Integration, Membership, Secret, UserToken
 from orgs.roles import ALL_SCOPES, EDITOR, OWNER, PRESETS, VIEWER
 from orgs.scoping import orgs_for_user
@@ -29,6 +31,14 @@ def _actor(request) -> Actor:
 
 
 # --- /v1/auth/token ------------------------------------------------------------------------
+class ClientAddressThrottle(ScopedRateThrottle):
+    """DRF's scoped rate per client address as ``orgs.login_throttle`` finds it: DRF's own ident
+    believes any X-Forwarded-For, so a new header per try would count as a new client."""
+
+    def get_ident(self, request):
+        return client_address(request)
+
+
 class AuthTokenView(PrincipalAPIView):
     """Exchange a username and password for a personal token; DELETE revokes the token used."""
 
@@ -36,14 +46,14 @@ class AuthTokenView(PrincipalAPIView):
     throttle_scope = "token"
 
     def get_throttles(self):
-        from rest_framework.throttling import ScopedRateThrottle
-
-        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+        return [ClientAddressThrottle()] if self.request.method == "POST" else []
 
     @extend_schema(request=s.TokenRequest, auth=[], responses={
         201: s.TokenResponse,
         401: OpenApiResponse(description="unauthenticated: wrong username or password"),
-        429: OpenApiResponse(description="rate_limited: too many attempts (20 a minute per client); see Retry-After"),
+        429: OpenApiResponse(description="rate_limited: too many attempts (20 a minute per client address), or too "
+                                         "many failed logins for the account or from the address (then even the "
+                                         "right password is refused until the lock ends); see Retry-After"),
     })
     def post(self, request):
         data = validated(s.TokenRequest, request.data)
@@ -120,20 +130,33 @@ class MemberViewSet(OrgScopedViewSet):
     def retrieve(self, request, tenant, pk):
         return Response(self.get_serializer(self.object).data)
 
-    @extend_schema(request=s.MemberCreate, responses={201: s.MembershipSerializer})
+    @extend_schema(request=s.MemberCreate, responses={
+        201: s.MembershipSerializer,
+        202: OpenApiResponse(s.MemberInvited, description="the email has no account yet: it is invited with the "
+                                                          "role and becomes a member when that account is created"),
+        403: OpenApiResponse(description="forbidden: the role is above the caller's own (a key: it lacks a scope of "
+                                         "the role, or is limited to agents)"),
+    })
     def create(self, request, tenant):
         data = validated(s.MemberCreate, request.data)
-        membership = members.add_member(actor=_actor(request), organization=self.organization,
-                                        user_identifier=data["user"], role=data["role"])
-        return Response(self.get_serializer(membership).data, status=status.HTTP_201_CREATED)
+        added = members.add_or_invite(actor=_actor(request), organization=self.organization,
+                                      user_identifier=data["user"], role=data["role"])
+        if not isinstance(added, Membership):
+            return Response({"invited": True}, status=status.HTTP_202_ACCEPTED)
+        return Response(self.get_serializer(added).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=s.MemberUpdate, responses=s.MembershipSerializer)
+    @extend_schema(request=s.MemberUpdate, responses={
+        200: s.MembershipSerializer,
+        403: OpenApiResponse(description="forbidden: the member's role or the new one is above the caller's own"),
+    })
     def partial_update(self, request, tenant, pk):
         data = validated(s.MemberUpdate, request.data)
         membership = members.change_role(actor=_actor(request), organization=self.organization,
                                          membership_id=self.object.pk, role=data["role"])
         return Response(self.get_serializer(membership).data)
 
+    @extend_schema(responses={204: None, 403: OpenApiResponse(
+        description="forbidden: the member's role is above the caller's own")})
     def destroy(self, request, tenant, pk):
         members.remove_member(actor=_actor(request), organization=self.organization, membership_id=self.object.pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -158,7 +181,11 @@ class ApiKeyViewSet(OrgScopedViewSet):
     def retrieve(self, request, tenant, pk):
         return Response(self.get_serializer(self.object).data)
 
-    @extend_schema(request=s.ApiKeyCreate, responses={201: s.ApiKeyCreated})
+    @extend_schema(request=s.ApiKeyCreate, responses={
+        201: s.ApiKeyCreated,
+        403: OpenApiResponse(description="forbidden: the caller lacks keys:write, or the new key's scopes, agents or "
+                                         "expiry are beyond the caller's own (details: missingScopes, agents, expiresAt)"),
+    })
     def create(self, request, tenant):
         data = validated(s.ApiKeyCreate, request.data)
         minted = api_keys.create_key(actor=_actor(request), organization=self.organization, **data)
@@ -169,8 +196,12 @@ class ApiKeyViewSet(OrgScopedViewSet):
         api_keys.revoke_key(actor=_actor(request), organization=self.organization, key_id=self.object.pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=s.ApiKeyRotate, responses={201: s.ApiKeyCreated},
-                   description="Mint a successor key with the same scopes; the old key keeps working for overlapSeconds.")
+    @extend_schema(request=s.ApiKeyRotate, responses={
+        201: s.ApiKeyCreated,
+        403: OpenApiResponse(description="forbidden: the caller lacks keys:write, or the rotated key's scopes, agents "
+                                         "or expiry are beyond the caller's own (details: missingScopes, agents, expiresAt)"),
+    }, description="Mint a successor key with the same scopes; the old key keeps working for overlapSeconds. "
+                   "Only a caller holding every right of the key may rotate it.")
     def rotate(self, request, tenant, pk):
         data = validated(s.ApiKeyRotate, request.data)
         minted = api_keys.rotate_key(actor=_actor(request), organization=self.organization, key_id=self.object.pk,
