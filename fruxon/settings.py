@@ -344,3 +344,20 @@ CONTENT_SECURITY_POLICY = {
 }
 # X-Content-Type-Options: nosniff is SECURE_CONTENT_TYPE_NOSNIFF above; the referrer stays on this origin.
 SECURE_REFERRER_POLICY = "same-origin"
+
+# --- Access control: login throttling, personal tokens (issue 12 items 5 and 11) -------------------
+# Proxies whose X-Forwarded-For is believed (comma-separated IPs or CIDRs). None by default:
+# REMOTE_ADDR is the client. Set it to your load balancer's addresses when one sits in front.
+FRUXON_TRUSTED_PROXIES = env_list("FRUXON_TRUSTED_PROXIES")
+for _proxy in FRUXON_TRUSTED_PROXIES:  # fail at start, not at the first login
+    try:
+        __import__("ipaddress").ip_network(_proxy, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"FRUXON_TRUSTED_PROXIES: {_exc}") from None
+# Failed logins (API token and admin form) before the account / the client address is locked,
+# and the window (seconds) they are counted in and a lock lasts.
+FRUXON_LOGIN_MAX_FAILURES_PER_ACCOUNT = int(os.environ.get("FRUXON_LOGIN_MAX_FAILURES_PER_ACCOUNT", "10"))
+FRUXON_LOGIN_MAX_FAILURES_PER_ADDRESS = int(os.environ.get("FRUXON_LOGIN_MAX_FAILURES_PER_ADDRESS", "30"))
+FRUXON_LOGIN_WINDOW_SECONDS = int(os.environ.get("FRUXON_LOGIN_WINDOW_SECONDS", "900"))
+# Personal tokens (fxu_) end this many hours after they are issued (and when the password changes).
+FRUXON_USER_TOKEN_TTL_HOURS = int(os.environ.get("FRUXON_USER_TOKEN_TTL_HOURS", "720"))
