@@ -43,6 +43,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from guardian.models import UserObjectPermission
 
+from fruxon import egress
 from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, org_roles, orgs_with_role
 from fruxon.errors import InvalidRequest
 from monitoring.models import Conversation, Run
@@ -322,6 +323,7 @@ class RevisionAddForm(OrgScopedModelForm):
         spec = self.cleaned_data["spec"]
         try:
             services.validate_spec_or_400(spec)
+            egress.check_spec(spec)  # as create_revision refuses it
         except InvalidRequest as exc:
             problems = exc.details.get("problems") or []
             raise ValidationError([f"{p['path']}: {p['message']}" for p in problems] or [exc.message]) from None

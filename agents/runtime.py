@@ -28,6 +28,7 @@ from orgs.models import Integration
 from orgs.services import secrets
 
 from . import engine
+from .engine import egress
 from .models import Agent, Revision
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def http_client() -> httpx.Client:
         with _http_lock:
             client = _http_clients[shard]
             if client is None:
-                client = _http_clients[shard] = httpx.Client(
+                # Through the egress policy (agents.engine.egress): every connection is checked.
+                client = _http_clients[shard] = egress.client(
                     limits=httpx.Limits(max_connections=1000, max_keepalive_connections=64), follow_redirects=False)
     return client
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from fruxon import egress
 from fruxon.errors import Conflict, InvalidRequest, NotFound
 from orgs.actor import Actor
 from orgs.models import Organization
@@ -106,6 +107,7 @@ def create_revision(*, actor: Actor, agent: Agent, spec: dict, message: str = ""
     sub-agent the spec names (``agents.scoping.subagent_refusal``); nothing is written.
     """
     validate_spec_or_400(spec)
+    egress.check_spec(spec)  # 400 egress_denied: a literal model baseUrl at an address the egress policy refuses
     refusal = subagent_refusal(actor=actor, organization=agent.organization, spec=spec)
     if refusal is not None:
         raise refusal

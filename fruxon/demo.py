@@ -19,6 +19,10 @@ DEMO_ORG = "demo"
 PROD_ORG = "prod"  # promotion target of the README walk-through
 DEMO_KEY = "fx_live_demo_0000000000000000000000000000000000"
 USERS = {"owner": "owner-pass-123", "editor": "editor-pass-123", "viewer": "viewer-pass-123"}
+# The demo's example integration (shop-api) points at the demo server itself, a loopback address
+# the egress policy refuses unless allowed; the demo allows exactly that address and port. (Its
+# agents use the fruxon-local provider: nothing else is called over HTTP.)
+EGRESS_ALLOW = "127.0.0.1:8000"
 
 
 @dataclass
@@ -36,6 +40,18 @@ def _user(username: str, password: str):
     user.is_staff = True  # the demo's people all use the admin
     user.save()
     return user
+
+
+def allow_demo_egress() -> None:
+    """Add :data:`EGRESS_ALLOW` to this process's ``FRUXON_EGRESS_ALLOW`` (demo only)."""
+    from django.conf import settings
+
+    from fruxon import egress
+
+    current = settings.FRUXON_EGRESS_ALLOW or ""
+    if EGRESS_ALLOW not in [entry.strip() for entry in current.split(",")]:
+        settings.FRUXON_EGRESS_ALLOW = ",".join(filter(None, [current, EGRESS_ALLOW]))
+    egress.configure_from_settings()
 
 
 @transaction.atomic

@@ -10,6 +10,11 @@
 ``DB_CONN_MAX_AGE``  seconds a thread keeps its PostgreSQL connection (default 60)
 ``DB_POOL_MAX_SIZE``  PostgreSQL connection pool per process (0 = off, the default; replaces
                    DB_CONN_MAX_AGE); ``DB_POOL_MIN_SIZE`` (2), ``DB_POOL_TIMEOUT`` seconds (10)
+``FRUXON_EGRESS_ALLOW``  internal addresses outbound calls (model providers, integrations, webhooks)
+                   may reach: comma-separated IPs or CIDRs, each with an optional ``:port``
+                   (``127.0.0.1:9100,10.0.0.0/8``; IPv6 ``[::1]:9100`` or ``fd00::/8``); default none.
+                   Loopback, private, link-local, metadata, CGNAT, multicast and reserved
+                   addresses are refused otherwise; a bad value stops start-up
 """
 from pathlib import Path
 import os
@@ -361,3 +366,15 @@ FRUXON_LOGIN_MAX_FAILURES_PER_ADDRESS = int(os.environ.get("FRUXON_LOGIN_MAX_FAI
 FRUXON_LOGIN_WINDOW_SECONDS = int(os.environ.get("FRUXON_LOGIN_WINDOW_SECONDS", "900"))
 # Personal tokens (fxu_) end this many hours after they are issued (and when the password changes).
 FRUXON_USER_TOKEN_TTL_HOURS = int(os.environ.get("FRUXON_USER_TOKEN_TTL_HOURS", "720"))
+
+# --- Egress policy: outbound calls never reach internal addresses unless allowed (issue 12 item 3) ---
+# Comma-separated IPs or CIDRs, each with an optional :port ("127.0.0.1:9100,10.0.0.0/8",
+# IPv6 as "[::1]:9100" or a bare "fd00::/8"); see agents.engine.egress. Parsed here so a bad
+# value stops start-up; fruxon.egress installs it when the apps are ready.
+FRUXON_EGRESS_ALLOW = os.environ.get("FRUXON_EGRESS_ALLOW", "")
+from agents.engine.egress import EgressConfigError as _EgressConfigError, parse_allow as _parse_egress_allow  # noqa: E402
+
+try:
+    _parse_egress_allow(FRUXON_EGRESS_ALLOW)
+except _EgressConfigError as _exc:
+    raise ImproperlyConfigured(f"FRUXON_EGRESS_ALLOW: {_exc}") from None

@@ -41,6 +41,7 @@ from django.utils import timezone
 
 from agents.admin import AgentChoiceField, RawIdLookupMixin, admin_link, deletion_summary, pretty_json, revision_link
 from agents.models import Agent
+from fruxon import egress
 from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, org_roles, orgs_with_role
 from orgs.admin import CommaSeparatedField
 from orgs.models import Organization
@@ -414,6 +415,13 @@ class BudgetForm(OrgScopedModelForm):
         if amount is not None and amount < 0:
             raise ValidationError("The amount cannot be negative.")
         return amount
+
+    def clean_alert_webhook(self):
+        url = self.cleaned_data["alert_webhook"]
+        refusal = egress.url_refusal(url, "The alert webhook")  # as put_budget refuses it
+        if refusal is not None:
+            raise ValidationError(refusal.message)
+        return url
 
     def clean_alert_emails(self):
         emails = self.cleaned_data["alert_emails"]

@@ -8,6 +8,11 @@ crash does not send twice what already went out.
 Webhook: ``POST <url>`` with a JSON body and headers ``X-Fruxon-Event`` and
 ``X-Fruxon-Signature: sha256=<hex>``, the HMAC-SHA256 of the raw body keyed
 with the org's webhook signing secret (``GET /v1/{tenant}/settings``, owners).
+The POST goes through the egress policy (``agents.engine.egress``: no internal
+address unless ``FRUXON_EGRESS_ALLOW`` allows it, checked on the resolved address)
+and follows no redirect. A failure is recorded on the alert generically ("could not
+be reached", "not allowed by the egress policy", "answered HTTP 500"), never with
+the receiver's body or the transport error.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 
 import httpx
 from django.conf import settings
@@ -23,8 +29,23 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
 
+from agents.engine import egress
+
 logger = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def webhook_client() -> httpx.Client:
+    """The process's client for webhooks: through the egress policy, no redirects followed."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = egress.client(limits=httpx.Limits(max_connections=20, max_keepalive_connections=5),
+                                        follow_redirects=False)
+    return _client
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -63,15 +84,16 @@ def deliver(alert_id: int) -> None:
         errors = []
         if alert.webhook and not alert.webhook_sent:
             try:
-                response = httpx.post(alert.webhook, content=body, timeout=WEBHOOK_TIMEOUT, headers={
+                response = webhook_client().post(alert.webhook, content=body, timeout=WEBHOOK_TIMEOUT, headers={
                     "Content-Type": "application/json", "X-Fruxon-Event": alert.kind,
                     "X-Fruxon-Signature": sign(alert.organization.webhook_secret, body)})
                 if response.status_code >= 300:
-                    errors.append(f"webhook answered {response.status_code}")
+                    errors.append(f"webhook answered HTTP {response.status_code}")
                 else:
                     alert.webhook_sent = True
             except httpx.HTTPError as exc:
-                errors.append(f"webhook failed: {type(exc).__name__}")
+                errors.append(f"webhook: {egress.DENIED_MESSAGE}" if egress.is_denied(exc)
+                              else "webhook could not be reached")
         if alert.emails and not alert.email_sent:
             send_mail(f"[Fruxon] {alert.subject}", json.dumps(json.loads(body), indent=2),
                       settings.DEFAULT_FROM_EMAIL, alert.emails)

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from fruxon import egress
 from fruxon.errors import FruxonError, InvalidRequest, NotFound
 from orgs.actor import SYSTEM, Actor
 from orgs.services import audit
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 def put_budget(*, actor: Actor, agent, period: str, amount_usd: Decimal, enforce: bool, alert_thresholds: list,
                alert_webhook: str, alert_emails: list) -> tuple[Budget, bool]:
+    egress.check_url(alert_webhook, "alertWebhook")  # 400 egress_denied: see fruxon.egress
     with transaction.atomic():
         budget, created = Budget.objects.update_or_create(agent=agent, defaults={
             "organization_id": agent.organization_id, "period": period, "amount_usd": amount_usd,

@@ -28,6 +28,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, forget_roles
+from fruxon import egress
 from fruxon.errors import Conflict, FruxonError
 from orgs.api.serializers import HttpConfig
 from orgs.models import ApiKey, AuditEvent, Integration, Membership, Organization, Secret, slug_validator
@@ -333,6 +334,9 @@ class IntegrationForm(OrgScopedModelForm):
         config = HttpConfig(data=self.cleaned_data.get("config") or {})
         if not config.is_valid():
             raise ValidationError([f"{field}: {' '.join(map(str, errors))}" for field, errors in config.errors.items()])
+        refusal = egress.url_refusal(config.validated_data.get("baseUrl"), "baseUrl")  # as the service refuses it
+        if refusal is not None:
+            raise ValidationError(refusal.message)
         return dict(config.validated_data)
 
     def clean(self):

@@ -1,6 +1,8 @@
 """Shared fixtures: API clients authenticated as people or keys, and org worlds."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -34,6 +36,23 @@ class Api:
         else:
             client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
         return client
+
+
+# The suite's stub servers (tests/server.py, agents/engine/testing.py) listen on 127.0.0.1, which the
+# egress policy refuses unless allowed: allow it for this process and the servers and workers it starts
+# (they inherit the environment). Regression tests turn it off with ``settings.FRUXON_EGRESS_ALLOW = ""``.
+TEST_EGRESS_ALLOW = "127.0.0.1"
+os.environ["FRUXON_EGRESS_ALLOW"] = TEST_EGRESS_ALLOW
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _egress_allows_test_stubs():
+    from django.conf import settings
+
+    from fruxon import egress
+
+    settings.FRUXON_EGRESS_ALLOW = TEST_EGRESS_ALLOW  # settings may have loaded before this module
+    egress.configure_from_settings()
 
 
 @pytest.fixture

@@ -12,7 +12,11 @@ What the model gets back:
 * 2xx: the response body as text (at most :data:`MAX_RESULT_CHARS`, so one large
   answer cannot blow the context window and the budget);
 * non-2xx or an unreachable integration: a JSON ``{"error": ...}`` text, so the
-  model can recover or explain; the span is marked ``error``;
+  model can recover or explain; the span is marked ``error``. A non-2xx answer
+  carries the integration's body (the destination passed the egress policy, and a
+  2xx body reaches the model anyway); a failure to connect says only that it could
+  not be reached, or that the egress policy refused the destination (never the
+  transport error, which would tell an open port from a closed one);
 * a side-effecting integration in a shadow run: not called; a synthetic result
   says it was skipped and the span is marked ``skipped``.
 
@@ -29,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from . import egress
 from .errors import IntegrationUnavailable, RunTimeout
 from .runtime import IntegrationInfo
 from .transport import DeadlineReached, ResponseTooLarge, post_json
@@ -99,7 +104,9 @@ def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration
     except DeadlineReached:
         raise RunTimeout(f"tool {tool['name']!r} did not answer before the run deadline") from None
     except (httpx.HTTPError, ResponseTooLarge) as exc:
-        outcome = _error(f"could not reach integration {integration.slug!r} ({type(exc).__name__})")
+        # Generic on purpose: the exception's class or text would tell an open port from a closed one.
+        outcome = _error(egress.DENIED_MESSAGE if egress.is_denied(exc)
+                         else f"integration {integration.slug!r} could not be reached")
         outcome.attributes.update(attributes)
         return outcome
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from . import egress
+
 MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT = 5.0
 
@@ -36,12 +38,13 @@ def default_client() -> httpx.Client:
 
     One pooled client per process: connection reuse matters when hundreds of runs
     wait on the same provider. The pool is sized for that many in-flight calls.
+    Its connections go through the egress policy (:mod:`.egress`); redirects are not followed.
     """
     global _client
     if _client is None:
         with _client_lock:
             if _client is None:
-                _client = httpx.Client(
+                _client = egress.client(
                     limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
                     follow_redirects=False,
                 )

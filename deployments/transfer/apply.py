@@ -30,6 +30,7 @@ from agents.models import Agent
 from agents.scoping import subagent_refusal
 from evaluations.models import Dataset
 from evaluations.services import datasets as dataset_services
+from fruxon import egress
 from fruxon.errors import Conflict, Forbidden
 from monitoring import budgets
 from monitoring.models import Budget
@@ -76,6 +77,8 @@ class _Applier:
             fields = {"name": item.get("name", ""), "kind": item["kind"], "config": item["config"],
                       "side_effects": item.get("sideEffects", False), "status": item["status"]}
             secret = item.get("credentialsSecret", "")
+            # Both paths below: an imported base URL passes the egress check the API applies (400 egress_denied).
+            egress.check_url((item["config"] or {}).get("baseUrl"), f"integrations.{item['slug']}.config.baseUrl")
             if item["status"] == "connected":
                 integration_services.create_integration(actor=self.actor, organization=self.org, slug=item["slug"],
                                                         credentials_secret=secret, **fields)

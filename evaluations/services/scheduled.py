@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
+from fruxon import egress
 from fruxon.errors import InvalidRequest
 from monitoring.alerts import raise_alert
 from orgs.actor import SYSTEM, Actor
@@ -34,6 +35,7 @@ def set_schedule(*, actor: Actor, agent: Agent, every_hours: int, enabled: bool 
     if enabled and agent.gating_dataset_id is None:
         raise InvalidRequest("Set the agent's gatingDataset first: the schedule evaluates on it.",
                              code="no_gating_dataset")
+    egress.check_url(alert_webhook, "alertWebhook")  # 400 egress_denied: see fruxon.egress
     with transaction.atomic():
         schedule, _ = EvaluationSchedule.objects.update_or_create(
             agent=agent, defaults={

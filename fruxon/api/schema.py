@@ -50,6 +50,19 @@ _COMMON_ERRORS = {
     "404": "not_found: unknown org, not a member, unknown object, or another org's object",
     "405": "method_not_allowed",
 }
+# Operations that store an outbound URL (fruxon.egress): their 400 also means egress_denied.
+_EGRESS_CHECKED = {
+    ("/v1/{tenant}/agents/{agent}/revisions", "post"): "a model baseUrl",
+    ("/v1/{tenant}/agents/{agent}:promote", "post"): "a model or integration baseUrl",
+    ("/v1/{tenant}/import", "post"): "a model or integration baseUrl",
+    ("/v1/{tenant}/integrations", "post"): "config.baseUrl",
+    ("/v1/{tenant}/integrations/{slug}", "patch"): "config.baseUrl",
+    ("/v1/{tenant}/agents/{agent}/budget", "put"): "alertWebhook",
+    ("/v1/{tenant}/agents/{agent}/evaluation-schedule", "put"): "alertWebhook",
+}
+EGRESS_DENIED = ("egress_denied: {what} is not an http(s) URL, carries a user name or password, or names "
+                 "localhost or an internal address (loopback, private, link-local, cloud metadata) that "
+                 "FRUXON_EGRESS_ALLOW does not allow (details.fields names it)")
 # Operations anyone may call: no 403 (a bad API key or token sent along is still a 401).
 _ANONYMOUS = {("/v1/auth/token", "post")}
 _METHODS = ("get", "put", "post", "patch", "delete")
@@ -108,4 +121,8 @@ def add_error_responses(result, generator, request, public):
                 wanted.pop("404")
             for status, description in wanted.items():
                 responses.setdefault(status, _error_response(description))
+            if (path, method) in _EGRESS_CHECKED:
+                bad_request = responses["400"]
+                bad_request["description"] = "; ".join(filter(None, [
+                    bad_request.get("description"), EGRESS_DENIED.format(what=_EGRESS_CHECKED[path, method])]))
     return result

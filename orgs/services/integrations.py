@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from fruxon import egress
 from fruxon.errors import InvalidRequest, NotFound
 from orgs.actor import Actor
 from orgs.models import Integration, Organization, Secret
@@ -30,8 +31,15 @@ def _public(fields: dict) -> dict:
     return {k: v for k, v in fields.items() if k != "config"} | ({"configKeys": sorted(fields["config"])} if "config" in fields else {})
 
 
+def _check_base_url(config) -> None:
+    """400 ``egress_denied`` for a base URL that is not http(s), carries user info, or names an internal address."""
+    if isinstance(config, dict):
+        egress.check_url(config.get("baseUrl"), "config.baseUrl")
+
+
 def create_integration(*, actor: Actor, organization: Organization, slug: str, **fields) -> Integration:
     _check_secret_in_org(organization, fields.get("credentials_secret", ""))
+    _check_base_url(fields.get("config"))
     try:
         with transaction.atomic():
             integration = Integration.objects.create(organization=organization, slug=slug, **fields)
@@ -54,6 +62,8 @@ def get_integration(*, organization: Organization, slug: str, lock: bool = False
 def update_integration(*, actor: Actor, organization: Organization, slug: str, changes: dict) -> Integration:
     if "credentials_secret" in changes:
         _check_secret_in_org(organization, changes["credentials_secret"])
+    if "config" in changes:
+        _check_base_url(changes["config"])
     with transaction.atomic():
         integration = get_integration(organization=organization, slug=slug, lock=True)
         for field, value in changes.items():

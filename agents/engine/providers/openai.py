@@ -15,8 +15,12 @@ exponential backoff with jitter; a wait that would pass the run deadline is not
 taken and the last failure is raised. Other 4xx answers are not retried.
 
 Errors: :class:`ProviderTimeout` when the run deadline passes while waiting,
-:class:`ProviderError` otherwise. Messages carry the HTTP status and the
-provider's own error message, never request headers.
+:class:`ProviderError` otherwise. Messages carry the HTTP status the provider
+answered and nothing else from it: never its body, a transport exception's text,
+the resolved address or anything that tells an open port from a closed one (a
+run's error is readable by its viewers; a base URL is chosen by an editor).
+A destination the egress policy refuses (:mod:`..egress`) fails at once, without
+retries, with :data:`..egress.DENIED_MESSAGE`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from .. import egress
 from ..errors import ProviderError, ProviderTimeout
 from ..spec import DEFAULT_MAX_TOKENS
 from ..transport import DeadlineReached, HttpReply, ResponseTooLarge, default_client, post_json
@@ -182,14 +187,19 @@ class OpenAIProvider:
                 raise ProviderTimeout("the model provider did not answer before the run deadline",
                                       provider_ms=_ms_since(started)) from None
             except _RETRYABLE_TRANSPORT as exc:
-                failure = f"could not reach the model provider ({type(exc).__name__}: {exc})"
-            except (httpx.HTTPError, ResponseTooLarge) as exc:
-                raise ProviderError(f"model provider transport failure ({type(exc).__name__})",
+                if egress.is_denied(exc):
+                    raise ProviderError(egress.DENIED_MESSAGE, provider_ms=_ms_since(started)) from None
+                failure = "the model provider could not be reached"
+            except ResponseTooLarge:
+                raise ProviderError("the model provider's answer was too large",
+                                    provider_ms=_ms_since(started)) from None
+            except httpx.HTTPError:
+                raise ProviderError("the model provider could not be reached",
                                     provider_ms=_ms_since(started)) from None
             else:
                 if 200 <= reply.status < 300:
                     return self._response(reply, started)
-                failure = f"model provider answered HTTP {reply.status}: {_provider_message(reply)}"
+                failure = f"the model provider answered HTTP {reply.status}"
                 if reply.status != 429 and reply.status < 500:
                     raise ProviderError(failure, provider_ms=_ms_since(started))
                 retry_after = _retry_after(reply)

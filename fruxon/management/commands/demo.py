@@ -18,6 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, addrport: str, no_serve: bool, **options):
         call_command("migrate", interactive=False, verbosity=0)
+        demo.allow_demo_egress()  # its example integration is this server (127.0.0.1:8000)
         seeded = demo.seed()
         base = f"http://{addrport}"
         lines = [
