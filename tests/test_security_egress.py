@@ -295,6 +295,19 @@ def test_item3_integration_and_webhooks_validated(org, owner_client, no_allow, s
     assert alert.last_error == f"webhook: {REFUSED}" and not alert.webhook_sent and stub.connections == 0
 
 
+def test_item3_judge_model_validated(org, owner_client, no_allow):
+    """An llmJudge metric's model is called like an agent's: its baseUrl is checked when the dataset is written."""
+    judge = {"type": "llmJudge", "rubric": "polite?",
+             "model": {"provider": "openai", "name": "gpt-4o-mini", "baseUrl": "http://169.254.169.254/v1"}}
+    response = owner_client.post("/v1/acme/datasets", {"slug": "judged", "metrics": [judge]}, format="json")
+    _assert_egress_denied(response, "metrics[0].model.baseUrl")
+    created = owner_client.post("/v1/acme/datasets", {"slug": "judged", "metrics": [{"type": "exact"}]}, format="json")
+    assert created.status_code == 201, created.content
+    patched = owner_client.patch("/v1/acme/datasets/judged", {"metrics": [judge]}, format="json")
+    _assert_egress_denied(patched, "metrics[0].model.baseUrl")
+    assert owner_client.get("/v1/acme/datasets/judged").json()["metrics"] == [{"type": "exact"}]
+
+
 def test_item3_import_refuses_internal_integration(org, owner, api, no_allow):
     """Import (and promote, which applies the same document) checks what it creates like the API does."""
     client = api.as_user(owner)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from fruxon import egress
 from fruxon.errors import Conflict, InvalidRequest, NotFound
 from monitoring.models import Run
 from orgs.actor import Actor
@@ -19,6 +20,9 @@ def _check_metrics(metrics: list) -> None:
     if problems:
         raise InvalidRequest("Invalid metrics: " + "; ".join(f"{p['path']}: {p['message']}" for p in problems),
                              code="invalid_metrics", details={"problems": problems})
+    for index, metric in enumerate(metrics):  # an llmJudge model is called like an agent's (400 egress_denied)
+        if isinstance(metric.get("model"), dict):
+            egress.check_url(metric["model"].get("baseUrl"), f"metrics[{index}].model.baseUrl")
 
 
 def create_dataset(*, actor: Actor, organization: Organization, slug: str, name: str = "", description: str = "",
