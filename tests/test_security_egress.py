@@ -432,3 +432,16 @@ def test_item3_every_product_client_goes_through_the_policy(no_allow, stubs):
         assert egress.is_denied(caught.value)
         assert client.follow_redirects is False
     assert stub.connections == 0
+
+
+def test_item3_openapi_documents_egress_denied():
+    """Every operation that stores an outbound URL names egress_denied under its 400."""
+    from .test_schema import _schema
+
+    paths = _schema()["paths"]
+    for path, method in (("/v1/{tenant}/agents/{agent}/revisions", "post"), ("/v1/{tenant}/integrations", "post"),
+                         ("/v1/{tenant}/integrations/{slug}", "patch"), ("/v1/{tenant}/agents/{agent}/budget", "put"),
+                         ("/v1/{tenant}/agents/{agent}/evaluation-schedule", "put"), ("/v1/{tenant}/import", "post"),
+                         ("/v1/{tenant}/agents/{agent}:promote", "post"), ("/v1/{tenant}/datasets", "post"),
+                         ("/v1/{tenant}/datasets/{dataset}", "patch")):
+        assert "egress_denied" in paths[path][method]["responses"]["400"]["description"], (path, method)

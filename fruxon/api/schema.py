@@ -59,6 +59,8 @@ _EGRESS_CHECKED = {
     ("/v1/{tenant}/integrations/{slug}", "patch"): "config.baseUrl",
     ("/v1/{tenant}/agents/{agent}/budget", "put"): "alertWebhook",
     ("/v1/{tenant}/agents/{agent}/evaluation-schedule", "put"): "alertWebhook",
+    ("/v1/{tenant}/datasets", "post"): "an llmJudge metric's model baseUrl",
+    ("/v1/{tenant}/datasets/{dataset}", "patch"): "an llmJudge metric's model baseUrl",
 }
 EGRESS_DENIED = ("egress_denied: {what} is not an http(s) URL, carries a user name or password, or names "
                  "localhost or an internal address (loopback, private, link-local, cloud metadata) that "
