@@ -623,6 +623,8 @@ def bench_env(args, db_url: str) -> dict:
         "ALLOWED_HOSTS": HOST,
         "SECURE_SSL_REDIRECT": "0",
         "PYTHONUNBUFFERED": "1",
+        # The provider stub listens on loopback, which the egress policy refuses unless allowed.
+        "FRUXON_EGRESS_ALLOW": "127.0.0.1",
     })
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
