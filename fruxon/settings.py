@@ -378,3 +378,13 @@ try:
     _parse_egress_allow(FRUXON_EGRESS_ALLOW)
 except _EgressConfigError as _exc:
     raise ImproperlyConfigured(f"FRUXON_EGRESS_ALLOW: {_exc}") from None
+
+# --- Secrets out of logs (issue 12 item 8) ---
+# Every handler redacts secret values this process resolved recently (an in-memory registry of at most
+# FRUXON_LOG_REDACT_MAX_VALUES values) and credential patterns (Bearer tokens, fx_live_/fxu_ keys, sk-
+# keys) from messages, arguments and tracebacks: see fruxon.log_redaction (also installed on Celery
+# workers' handlers and on handlers configured outside LOGGING).
+FRUXON_LOG_REDACT_MAX_VALUES = int(os.environ.get("FRUXON_LOG_REDACT_MAX_VALUES", "1000"))
+LOGGING.setdefault("filters", {})["redact_secrets"] = {"()": "fruxon.log_redaction.RedactSecrets"}
+for _handler in LOGGING["handlers"].values():
+    _handler.setdefault("filters", []).append("redact_secrets")

@@ -108,7 +108,7 @@ class RunAdmin(RawIdLookupMixin, OrgScopedAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("agent", "organization")
     summary_fields = ("id", "organization", "agent", "revision_page", "conversation_page", "source", "status",
-                      "created_at", "latency", "usage", "cost", "pinned")
+                      "created_at", "latency", "usage", "cost", "usage_over_reservation", "pinned")
     payload_fields = ("input_pretty", "output_pretty", "error_pretty")
     fieldsets = [
         (None, {"fields": summary_fields}),

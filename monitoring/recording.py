@@ -128,6 +128,7 @@ def _build(*, organization_id: int, agent_id: int, revision_id: str, result: Run
         output_tokens=result.totals.output_tokens, reasoning_tokens=result.totals.reasoning_tokens,
         cost_usd=result.totals.cost_usd, latency_ms=_clip_ms(result.latency_ms),
         provider_ms=_clip_ms(result.provider_ms), api_key_id=api_key_id, created_at=result.started_at,
+        usage_over_reservation=result.usage_over_reservation,
     )
     spans = [
         Span(

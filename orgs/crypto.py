@@ -9,6 +9,8 @@ from functools import lru_cache
 from cryptography.fernet import Fernet, MultiFernet
 from django.conf import settings
 
+from fruxon import log_redaction
+
 
 @lru_cache(maxsize=4)
 def _fernet(keys: tuple[str, ...]) -> MultiFernet:
@@ -20,11 +22,15 @@ def fernet() -> MultiFernet:
 
 
 def encrypt(plaintext: str) -> str:
+    log_redaction.remember(plaintext)  # a value being stored is as secret as one being read
     return fernet().encrypt(plaintext.encode("utf-8")).decode("ascii")
 
 
 def decrypt(token: str) -> str:
-    return fernet().decrypt(token.encode("ascii")).decode("utf-8")
+    """The plaintext; also registered with the log filter, so no log line of this process shows it."""
+    plaintext = fernet().decrypt(token.encode("ascii")).decode("utf-8")
+    log_redaction.remember(plaintext)
+    return plaintext
 
 
 def rotate(token: str) -> str:

@@ -12,20 +12,23 @@ import time
 from urllib.parse import urlsplit
 
 
-def fire(base: str, key: str, path: str, first: int, count: int, barrier, queue) -> None:
+def fire(base: str, key: str, path: str, first: int, count: int, barrier, queue, questions=None) -> None:
     """In a client process: ``count`` threads, one execute each, released together with the other processes.
 
     Every thread connects first and waits; when ``barrier`` (shared by all
     client processes) trips, all send at once. Plain ``http.client`` keeps the
     clients' CPU small (two cores serve clients and server alike). Puts a list of
     ``(status, started, ended, error code or "")`` (wall-clock seconds) on ``queue``.
+    Call ``n`` asks ``questions[n % len(questions)]`` when given, else ``q<n>``.
     """
     host, _, port = urlsplit(base).netloc.partition(":")
     ready = threading.Barrier(count + 1)
     results: list = [None] * count
 
     def one(index: int) -> None:
-        body = json.dumps({"input": {"question": f"q{first + index}"}})
+        number = first + index
+        question = questions[number % len(questions)] if questions else f"q{number}"
+        body = json.dumps({"input": {"question": question}})
         conn = http.client.HTTPConnection(host, int(port), timeout=90)
         try:
             conn.connect()

@@ -14,6 +14,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from agents.engine.testing import StubReply, start_json_server
+from agents.engine.tokens import input_token_bound
 from fruxon.errors import InvalidRequest
 from monitoring import budgets
 from monitoring.ledger import BudgetState, from_units, ledger, to_units
@@ -45,9 +46,14 @@ def price(org, agent):
 
 
 def priced_agent(org, slug="support", reply="0123456789012345678901234567890123456789", latency_ms: int = 0):
-    """An agent whose every run costs the same: 1 cent per token in and out; ``latency_ms`` per model call."""
+    """An agent whose every run costs the same, and exactly what it reserves: 1 cent per token in and out,
+    usage reported at the reservation's upper bound (input: ``input_token_bound`` of its one message; output:
+    its ``maxTokens``, 10); ``latency_ms`` per model call."""
     spec = local_spec(reply, prompt="fixed prompt", latency_ms=latency_ms)
-    spec["steps"][0]["model"]["maxTokens"] = 10
+    model = spec["steps"][0]["model"]
+    model["maxTokens"] = 10
+    model["script"][0]["usage"] = {
+        "inputTokens": input_token_bound([{"role": "user", "content": "fixed prompt"}], []), "outputTokens": 10}
     agent, revision = agent_with_revision(org, slug, spec)
     price(org, agent)
     return agent

@@ -2,9 +2,13 @@
 
 * :func:`cost_usd` prices each kind of token separately (see
   :class:`~agents.engine.runtime.Price`); :func:`estimate_usd` is the worst case
-  reserved before a call: the estimated input at the input price plus
-  ``maxTokens`` at the output price. Both are ``Decimal`` quantized to 1e-8 USD;
-  the estimate rounds up so a reservation never falls short of its own formula.
+  reserved before a call: the input bound
+  (:func:`agents.engine.tokens.input_token_bound`) at the dearer of the input
+  and cached-input prices plus the output bound (``maxTokens``, reasoning
+  included) at the dearer of the output and reasoning prices, so no split of
+  the usage into cached or reasoning tokens can cost more. Both are ``Decimal``
+  quantized to 1e-8 USD; the estimate rounds up so a reservation never falls
+  short of its own formula.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ def cost_usd(usage: Usage, price: Price | None) -> Decimal:
 
 
 def estimate_usd(input_tokens: int, max_tokens: int, price: Price | None) -> Decimal:
-    """Worst-case cost of one call, reserved before it is made."""
+    """Worst-case cost of one call, reserved before it is made: every token at the dearest rate of its side."""
     if price is None:
         return Decimal(0).quantize(QUANTUM)
-    total = (input_tokens * price.input + max_tokens * price.output) / _PER_MILLION
+    input_rate = max(price.input, price.cached_input if price.cached_input is not None else price.input)
+    output_rate = max(price.output, price.reasoning if price.reasoning is not None else price.output)
+    total = (input_tokens * input_rate + max_tokens * output_rate) / _PER_MILLION
     return total.quantize(QUANTUM, rounding=ROUND_CEILING)

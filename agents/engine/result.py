@@ -97,6 +97,8 @@ class RunResult:
     is the run's wall time; ``provider_ms`` the time spent waiting on model
     providers along the critical path (so ``latency_ms - provider_ms`` is the
     engine's own share: tools, scheduling, templating).
+    ``usage_over_reservation`` is true when a model call reported more usage
+    than the upper bound reserved for it (its cost was recorded as reported).
     """
 
     status: str
@@ -107,6 +109,7 @@ class RunResult:
     started_at: datetime
     latency_ms: float
     provider_ms: float
+    usage_over_reservation: bool = False
 
     @property
     def ok(self) -> bool:

@@ -103,4 +103,5 @@ def run(spec: Mapping[str, Any], inputs: Any, *, context: RunContext, runtime: R
         started_at=started_at,
         latency_ms=latency_ms,
         provider_ms=round(provider_ms if provider_ms is not None else _failed_provider_ms(spans, latency_ms), 3),
+        usage_over_reservation=state.usage_over_reservation,
     )

@@ -64,6 +64,7 @@ class RunState:
         self.recorder = Recorder()
         self.redactor = Redactor()
         self.cancel = threading.Event()
+        self.usage_over_reservation = False  # a model call reported more than its reservation's bound
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, ...], Any] = {}
 

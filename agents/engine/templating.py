@@ -38,6 +38,10 @@ _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 SecretResolver = Callable[[str], str]
 
+# The shortest piece of a secret :meth:`Redactor.clip` redacts at a cut (shorter
+# pieces are too common in ordinary text to be told apart from it).
+MIN_FRAGMENT = 8
+
 
 def parse_reference(expression: str) -> tuple[str, ...] | None:
     """Split ``input.x.y`` into its parts; ``None`` when it is not a valid reference."""
@@ -163,6 +167,32 @@ class Redactor:
             if value in text:
                 text = text.replace(value, "{{secret.%s}}" % name)
         return text
+
+    def clip(self, text: str, limit: int) -> str:
+        """``text`` redacted, THEN cut to ``limit`` characters.
+
+        In that order, so a secret that straddles the cut cannot leave its start
+        behind; and should the kept text still end in a piece of a secret (at
+        least :data:`MIN_FRAGMENT` characters: the text quoted only part of it),
+        that piece is redacted too. For text built from provider and tool answers.
+        """
+        redacted = self.redact_text(text)
+        if len(redacted) <= limit:
+            return redacted
+        text = redacted[:limit]
+        start = text.rfind("{{secret.")
+        if start != -1 and "}}" not in text[start:]:  # keep a placeholder the cut went through whole
+            end = redacted.find("}}", start)
+            return redacted[:end + 2] if end != -1 else text[:start]
+        with self._lock:
+            pairs = list(self._names.items())
+        longest, owner = 0, ""
+        for value, name in pairs:
+            for size in range(min(len(value), len(text)), max(longest, MIN_FRAGMENT - 1), -1):
+                if text[-size:] in value:
+                    longest, owner = size, name
+                    break
+        return text[:-longest] + "{{secret.%s}}" % owner if longest else text
 
     def redact(self, data: Any) -> Any:
         """Return ``data`` (str, dict, list, scalars) with every known secret value replaced."""

@@ -52,11 +52,15 @@ class RunSerializer(serializers.ModelSerializer):
     latencyMs = serializers.IntegerField(source="latency_ms")
     providerMs = serializers.IntegerField(source="provider_ms")
     createdAt = serializers.DateTimeField(source="created_at")
+    usageOverReservation = serializers.BooleanField(
+        source="usage_over_reservation",
+        help_text="true when a model call reported more usage than the upper bound its budget reservation was "
+                  "made for; the cost is recorded (and counted against the budget) as the provider reported it")
 
     class Meta:
         model = Run
         fields = ["id", "agent", "revisionId", "source", "status", "input", "output", "error", "usage", "latencyMs",
-                  "providerMs", "conversationId", "createdAt", "pinned"]
+                  "providerMs", "conversationId", "createdAt", "pinned", "usageOverReservation"]
 
 
 class RunDetailSerializer(RunSerializer):

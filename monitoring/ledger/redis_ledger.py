@@ -47,15 +47,21 @@ redis.call('EXPIREAT', KEYS[2], ARGV[6])
 return 1
 """
 
+# A zero reservation (a model priced at $0) must not become HINCRBY ... -0: Lua's -0 reaches
+# Redis as the string "-0", which HINCRBY refuses, and a failed script is not rolled back
+# (the entry would stay in the open set). So: 0 - n (never -0), and no increment by zero.
 SETTLE = """
 -- KEYS: totals, res, open   ARGV: id, actual, member
+redis.call('ZREM', KEYS[3], ARGV[3])
 local units = redis.call('HGET', KEYS[2], ARGV[1])
 if units then
   redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(units))
+  units = tonumber(units)
+  if units ~= 0 then redis.call('HINCRBY', KEYS[1], 'reserved', 0 - units) end
 end
-redis.call('ZREM', KEYS[3], ARGV[3])
-return redis.call('HINCRBY', KEYS[1], 'spent', tonumber(ARGV[2]))
+local actual = tonumber(ARGV[2])
+if actual == 0 then return tonumber(redis.call('HGET', KEYS[1], 'spent') or '0') end
+return redis.call('HINCRBY', KEYS[1], 'spent', actual)
 """
 
 RELEASE = """
@@ -64,7 +70,8 @@ local units = redis.call('HGET', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[2])
 if not units then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(units))
+units = tonumber(units)
+if units ~= 0 then redis.call('HINCRBY', KEYS[1], 'reserved', 0 - units) end
 return 1
 """
 

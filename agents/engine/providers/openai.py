@@ -5,8 +5,9 @@ server and LM Studio. Model config keys: ``name`` (sent as ``model``),
 ``baseUrl`` (default ``https://api.openai.com/v1``; the request goes to
 ``{baseUrl}/chat/completions``), ``apiKey`` (sent as ``Authorization: Bearer``),
 ``headers`` (extra headers, e.g. Azure's ``api-key``), ``temperature``,
-``maxTokens`` (sent as ``max_tokens``; always sent, default 1024, because the
-budget reservation assumes it bounds the answer).
+``maxTokens`` (sent as ``max_tokens``; always sent, default 1024, from
+:func:`agents.engine.tokens.max_output_tokens`, the same value the budget
+reservation bounds the answer with).
 
 Retries: up to ``max_retries`` (3) more attempts on HTTP 429, HTTP 5xx and on
 failures to reach the provider (connect errors, a connection dropped before any
@@ -35,7 +36,7 @@ import httpx
 
 from .. import egress
 from ..errors import ProviderError, ProviderTimeout
-from ..spec import DEFAULT_MAX_TOKENS
+from ..tokens import max_output_tokens
 from ..transport import DeadlineReached, HttpReply, ResponseTooLarge, default_client, post_json
 from .base import ChatRequest, ChatResponse, ToolCall, Usage
 
@@ -134,7 +135,7 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model.get("name", ""),
         "messages": request.messages,
-        "max_tokens": model.get("maxTokens", DEFAULT_MAX_TOKENS),
+        "max_tokens": max_output_tokens(model),  # what the budget reserved for the answer, reasoning included
     }
     if request.tools:
         body["tools"] = request.tools
