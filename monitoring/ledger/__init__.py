@@ -4,9 +4,13 @@ Before each model call the runtime reserves the call's worst-case cost with
 ``ledger().reserve(state, amount)``; it is admitted only if
 ``spent + reserved + amount <= cap`` in ONE atomic operation, so however many
 processes race, admitted reservations never exceed the cap. After the call,
-``settle`` moves the reservation to ``spent`` at the actual cost (never more
-than reserved, since the estimate is the worst case). A reservation left by a
-killed process is released by the ``release_stale`` task.
+``settle`` moves the reservation to ``spent`` at the actual cost. The
+reservation is an upper bound of what the provider can bill
+(``agents.engine.tokens``); should a provider still report more, the actual is
+settled as reported (it was billed) and the run is flagged
+``usage_over_reservation``. A reservation left by a killed process is released
+by the ``release_stale`` task. A reservation of 0 (a model priced at $0) is as
+valid as any other.
 
 Two implementations, same contract:
 
