@@ -445,3 +445,28 @@ def test_item3_openapi_documents_egress_denied():
                          ("/v1/{tenant}/agents/{agent}:promote", "post"), ("/v1/{tenant}/datasets", "post"),
                          ("/v1/{tenant}/datasets/{dataset}", "patch")):
         assert "egress_denied" in paths[path][method]["responses"]["400"]["description"], (path, method)
+
+
+def test_item3_admin_forms_refuse_internal_urls(org, owner, no_allow):
+    """The admin writes through the same services and shows the refusal on the form (nothing written)."""
+    from django.test import Client
+    from django.urls import reverse
+
+    agent, _ = agent_with_revision(org, "support", local_spec())
+    admin = Client()
+    admin.force_login(owner)
+    integration = admin.post(reverse("admin:orgs_integration_add"), {
+        "organization": org.pk, "slug": "crm", "name": "CRM", "kind": "http", "status": "connected",
+        "config": json.dumps({"baseUrl": "http://127.0.0.1:6379/"})})
+    assert integration.status_code == 200 and b"egress policy" in integration.content
+    assert not Integration.objects.filter(slug="crm").exists()
+    budget = admin.post(reverse("admin:monitoring_budget_add"), {
+        "agent": agent.pk, "period": "month", "amount_usd": "10", "enforce": "on", "alert_thresholds": "0.5",
+        "alert_webhook": "http://169.254.169.254/latest", "alert_emails": ""})
+    assert budget.status_code == 200 and budget.context["adminform"].form.errors["alert_webhook"]
+    assert not Budget.objects.exists()
+    revisions = Revision.objects.count()
+    revision = admin.post(reverse("admin:agents_revision_add"), {
+        "agent": str(agent.pk), "message": "m", "spec": json.dumps(openai_spec("http://[::1]:11434/v1"))})
+    assert revision.status_code == 200 and b"egress policy" in revision.content
+    assert Revision.objects.count() == revisions
