@@ -3,7 +3,10 @@
 API keys arrive as ``X-API-KEY: fx_live_...`` or ``Authorization: Bearer
 fx_live_...``; personal tokens as ``Authorization: Bearer fxu_...``. A key
 lookup is cached for ``FRUXON_KEY_CACHE_SECONDS`` (the execute hot path must not
-pay a query for it); revoking or rotating a key clears its cache entry.
+pay a query for it); revoking or rotating a key clears its cache entry, and a cached
+key's expiry is checked on every request. Personal tokens are looked up uncached, so
+their expiry (``FRUXON_USER_TOKEN_TTL_HOURS``), revocation and the revocation that
+a password change makes (``orgs.signals``) hold on the next request in every process.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -98,15 +98,20 @@ def invite(*, actor: Actor, organization: Organization, email: str, role: str) -
     with transaction.atomic():
         invitation = (Invitation.objects.select_for_update()
                       .filter(organization=organization, email__iexact=email).first())
+        created = False
         if invitation is None:
-            invitation = Invitation.objects.create(organization=organization, email=email, role=role,
-                                                   invited_by=actor.user_or_none)
-            before = None
-        else:
+            try:
+                with transaction.atomic():
+                    invitation = Invitation.objects.create(organization=organization, email=email, role=role,
+                                                           invited_by=actor.user_or_none)
+                created = True
+            except IntegrityError:  # a concurrent invite of the same email won the insert: update that one
+                invitation = Invitation.objects.select_for_update().get(organization=organization, email=email)
+        before = None if created else invitation.role
+        if not created:
             if invitation.accepted_at is None and invitation.role != role:
                 # Lowering or raising a pending invitation changes what it will give: the old role counts too.
                 _may_give(actor, organization, invitation.role)
-            before = invitation.role
             invitation.role, invitation.invited_by, invitation.accepted_at = role, actor.user_or_none, None
             invitation.save(update_fields=["role", "invited_by", "accepted_at"])
         audit.record(organization=organization, actor=actor, action="member.invited", target_type="invitation",
