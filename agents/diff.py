@@ -8,6 +8,8 @@ read like ``steps.answer.model.temperature``. The result has:
 * ``summary``: steps, tools and sub-agents added/removed/changed (a tool's description or
   parameters, a sub-agent's pin), secrets and integrations referenced added/removed, models changed
 * ``promptDiff``: a unified diff of every prompt text (system and user prompts, output)
+* ``secretDestinations``: ``{"before": [...], "after": [...]}``, every secret each spec sends
+  from a credential position, with the position's path and the host it goes to
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import difflib
 from typing import Any
 
 from . import engine
+from .engine import destinations
 
 _MISSING = object()
 
@@ -97,4 +100,10 @@ def diff_specs(before: dict, after: dict) -> dict:
         old, new = tb.get(key, ""), ta.get(key, "")
         if old != new:
             lines.extend(difflib.unified_diff(old.splitlines(), new.splitlines(), f"a/{key}", f"b/{key}", lineterm=""))
-    return {"changes": changes, "summary": summary, "promptDiff": "\n".join(lines)}
+    return {"changes": changes, "summary": summary, "promptDiff": "\n".join(lines),
+            "secretDestinations": {"before": _destinations(before), "after": _destinations(after)}}
+
+
+def _destinations(spec: dict) -> list[dict]:
+    """Each secret use of a spec: ``{"secret", "path", "host"}`` (``host`` None when not fixed in the spec)."""
+    return [use.to_dict() for use in destinations.secret_destinations(spec)]

@@ -88,9 +88,12 @@ class DjangoRuntime(engine.Runtime):
         else:
             release_connection()
 
-    def resolve_secret(self, name: str, *, agent: str) -> str:
+    def resolve_secret(self, name: str, *, agent: str) -> engine.SecretValue:
+        """The value with the hosts it may go to (its allowedHosts and its integrations' hosts), read now:
+        a narrowed allowedHosts or a moved integration counts from the next run on."""
         try:
-            return secrets.resolve_value(organization_id=self.organization_id, name=name, agent_slug=agent)
+            value, hosts = secrets.resolve(organization_id=self.organization_id, name=name, agent_slug=agent)
+            return engine.SecretValue(value, hosts)
         except secrets.SecretNotAllowed as exc:
             raise engine.SecretNotAllowed(exc.message) from None
         except NotFound as exc:

@@ -13,6 +13,7 @@ from fruxon.errors import Conflict, InvalidRequest, NotFound
 from orgs.actor import Actor
 from orgs.models import Organization
 from orgs.services import audit
+from orgs.services import secrets as secret_services
 
 from . import engine
 from .models import Agent, Revision, RevisionReference
@@ -108,6 +109,8 @@ def create_revision(*, actor: Actor, agent: Agent, spec: dict, message: str = ""
     """
     validate_spec_or_400(spec)
     egress.check_spec(spec)  # 400 egress_denied: a literal model baseUrl at an address the egress policy refuses
+    # 400 secret_destination: a secret may only go to its allowed hosts (its integrations' hosts count).
+    secret_services.check_destinations(organization_id=agent.organization_id, spec=spec)
     refusal = subagent_refusal(actor=actor, organization=agent.organization, spec=spec)
     if refusal is not None:
         raise refusal

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 
 from agents.diff import diff_specs
 from agents.models import Agent, Revision, RevisionReference
+from agents.engine import destinations
 from orgs.models import Integration, Secret
+from orgs.services import secrets as secret_services
 
 BLOCKING = ("evaluation", "integrations", "secrets", "subAgents")
 USABLE_INTEGRATION = ("connected", "authorized")
@@ -78,18 +80,51 @@ def _integrations(agent: Agent, revision: Revision) -> Item:
     return Item("integrations", "pass", f"All connected or authorized: {', '.join(wanted)}.", {"integrations": wanted})
 
 
+def _integration_uses(agent: Agent, revision: Revision) -> list[dict]:
+    """The credentials secrets of the integrations the revision's tools call, and where they go."""
+    slugs = sorted({r.name for r in _refs(revision, "integration")})
+    rows = Integration.objects.filter(organization_id=agent.organization_id, slug__in=slugs).exclude(credentials_secret="")
+    uses = []
+    for slug, name, config in rows.values_list("slug", "credentials_secret", "config"):
+        host = destinations.url_host((config or {}).get("baseUrl") if isinstance(config, dict) else None)
+        uses.append({"secret": name, "path": f"integration {slug}", "host": str(host) if host else None,
+                     "allowed": host is not None})  # an integration's own host is allowed for its credentials
+    return uses
+
+
 def _secrets(agent: Agent, revision: Revision) -> Item:
+    """Every secret the revision uses exists, allows the agent, and goes only to hosts it allows.
+
+    ``data.destinations`` lists each use: the secret, its position (a JSON path, or
+    ``integration <slug>`` for an integration's credentials), the host it goes to and
+    whether that host is allowed.
+    """
     wanted = sorted({r.name for r in _refs(revision, "secret")})
-    if not wanted:
-        return Item("secrets", "pass", "The revision references no secrets.")
+    integration_uses = _integration_uses(agent, revision)
+    if not wanted and not integration_uses:
+        return Item("secrets", "pass", "The revision references no secrets.", {"destinations": []})
     rows = {s.name: s for s in Secret.objects.filter(organization_id=agent.organization_id, name__in=wanted)}
     missing = [n for n in wanted if n not in rows or rows[n].current_version == 0]
     refused = [n for n in wanted if n in rows and not rows[n].allows_agent(agent.slug)]
-    if missing or refused:
-        problems = [f"{n} does not exist in this organization" for n in missing]
-        problems += [f"{n} does not allow agent '{agent.slug}'" for n in refused]
-        return Item("secrets", "fail", "; ".join(problems), {"missing": missing, "notAllowed": refused})
-    return Item("secrets", "pass", f"All exist and allow this agent: {', '.join(wanted)}.", {"secrets": wanted})
+    uses = destinations.secret_destinations(revision.spec)
+    allowed = secret_services.allowed_hosts_by_name(organization_id=agent.organization_id, names=wanted)
+    outside = destinations.disallowed_uses(uses, allowed)
+    shown = [{**use.to_dict(), "allowed": use not in outside and use.secret in allowed} for use in uses]
+    misused = destinations.secret_misuses(revision.spec)
+    data = {"destinations": shown + integration_uses}
+    problems = [f"{n} does not exist in this organization" for n in missing]
+    problems += [f"{n} does not allow agent '{agent.slug}'" for n in refused]
+    problems += [f"{u.secret} at {u.path} would go to {u.host or 'a host not fixed in the spec'}, which it does not "
+                 f"allow (allowed: {', '.join(allowed[u.secret]) or 'none'})" for u in outside]
+    problems += [f"{name} at {path} is not a credential position: a secret is never sent there"
+                 for name, path in misused]
+    if problems:
+        data.update(missing=missing, notAllowed=refused, hostNotAllowed=[u.to_dict() for u in outside],
+                    notCredentialPosition=[{"secret": n, "path": p} for n, p in misused])
+        return Item("secrets", "fail", "; ".join(problems), data)
+    where = "; ".join(f"{u['secret']} -> {u['host']} ({u['path']})" for u in data["destinations"])
+    return Item("secrets", "pass", f"All exist, allow this agent and go only to allowed hosts: {where}.",
+                {"secrets": wanted, **data})
 
 
 def _sub_agents(agent: Agent, revision: Revision) -> Item:

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from agents.engine import destinations
 from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, forget_roles
 from fruxon import egress
 from fruxon.errors import Conflict, FruxonError
@@ -246,6 +247,13 @@ class ApiKeyAdmin(OrgScopedAdmin):
 
 
 # --- secrets ------------------------------------------------------------------------------------------
+def _host_entry_validator(entry: str) -> None:
+    try:
+        destinations.normalize_host_entry(entry)
+    except destinations.HostError as exc:
+        raise ValidationError(f"{entry!r} {exc}") from None
+
+
 class SecretForm(OrgScopedModelForm):
     """The value is write-only: never rendered back, not even after a validation error."""
 
@@ -255,10 +263,18 @@ class SecretForm(OrgScopedModelForm):
     )
     allowed_agents = CommaSeparatedField(required=False, label="Allowed agents",
                                          help_text="Agent slugs, comma-separated, or * for all.")
+    allowed_hosts = CommaSeparatedField(
+        required=False, label="Allowed hosts", item_validators=[_host_entry_validator],
+        help_text="Hosts the value may be sent to, comma-separated: api.openai.com, llm.internal:8443 (no scheme, "
+                  "path or wildcard). The hosts of the integrations that use this secret are allowed as well.")
 
     class Meta:
         model = Secret
-        fields = ("organization", "name", "description", "allowed_agents", "value")
+        fields = ("organization", "name", "description", "allowed_agents", "allowed_hosts", "value")
+
+    def clean_allowed_hosts(self):
+        # Stored canonical (lowercase, IDNA) as the API stores it.
+        return destinations.normalize_host_entries(self.cleaned_data.get("allowed_hosts") or [])
 
     def clean(self):
         cleaned = super().clean()
@@ -277,7 +293,8 @@ class SecretAdmin(OrgScopedAdmin):
 
     view_role = EDITOR
     form = SecretForm
-    list_display = ("name", "organization", "current_version", "allowed_agent_list", "updated_at", "updated_by")
+    list_display = ("name", "organization", "current_version", "allowed_agent_list", "allowed_host_list",
+                    "updated_at", "updated_by")
     list_filter = ("organization",)
     search_fields = ("name", "description")
     list_select_related = ("organization", "updated_by")
@@ -287,7 +304,8 @@ class SecretAdmin(OrgScopedAdmin):
         if obj is None:
             return SecretForm.Meta.fields
         writable = ("value",) if self.has_change_permission(request, obj) else ()
-        return ("organization", "name", "description", "allowed_agents") + writable + self.metadata_fields
+        return ("organization", "name", "description", "allowed_agents", "allowed_hosts") + writable \
+            + self.metadata_fields
 
     def get_readonly_fields(self, request, obj=None):
         return () if obj is None else (*super().get_readonly_fields(request, obj), "name", *self.metadata_fields)
@@ -295,6 +313,10 @@ class SecretAdmin(OrgScopedAdmin):
     @admin.display(description="allowed agents")
     def allowed_agent_list(self, obj) -> str:
         return ", ".join(obj.allowed_agents)
+
+    @admin.display(description="allowed hosts")
+    def allowed_host_list(self, obj) -> str:
+        return ", ".join(obj.allowed_hosts or [])
 
     @admin.display(description="versions")
     def version_history(self, obj) -> str:
@@ -307,7 +329,8 @@ class SecretAdmin(OrgScopedAdmin):
 
     def save_model(self, request, obj, form, change):
         data, changed = form.cleaned_data, form.changed_data
-        fields = {name: data[name] for name in ("description", "allowed_agents") if not change or name in changed}
+        fields = {name: data[name] for name in ("description", "allowed_agents", "allowed_hosts")
+                  if not change or name in changed}
         if data.get("value"):
             fields["value"] = data["value"]
         if not fields:

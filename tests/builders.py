@@ -23,6 +23,16 @@ def local_spec(reply: str = "hello {{input.question}}", *, prompt: str = "{{inpu
     return spec
 
 
+def send_secrets(spec: dict, *names: str, base_url: str = "https://api.openai.com/v1", step: int = 0) -> dict:
+    """``spec`` with step ``step``'s model sending the named secrets to ``base_url`` (an ``openai`` model):
+    the first as its ``apiKey``, the others in headers. A secret only ever goes in these credential positions."""
+    model = {"provider": "openai", "name": "gpt-4o-mini", "baseUrl": base_url, "apiKey": "{{secret.%s}}" % names[0]}
+    if names[1:]:
+        model["headers"] = {f"X-Secret-{index}": "{{secret.%s}}" % name for index, name in enumerate(names[1:], 1)}
+    spec["steps"][step]["model"] = model
+    return spec
+
+
 def agent_with_revision(org, slug: str, spec: dict | None = None, *, deploy: bool = True):
     agent = services.create_agent(actor=SYSTEM, organization=org, slug=slug, name=slug)
     revision = services.create_revision(actor=SYSTEM, agent=agent, spec=copy.deepcopy(spec or local_spec()), message="first")

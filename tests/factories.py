@@ -56,9 +56,9 @@ def api_key(org: Organization, *, scopes=None, preset=None, agents=None, name="t
     return minted.key, minted.plaintext
 
 
-def secret(org: Organization, name: str, value: str, allowed_agents=("*",)):
+def secret(org: Organization, name: str, value: str, allowed_agents=("*",), allowed_hosts=()):
     return secrets.put_secret(actor=Actor(system=True), organization=org, name=name, value=value,
-                              allowed_agents=list(allowed_agents))[0]
+                              allowed_agents=list(allowed_agents), allowed_hosts=list(allowed_hosts))[0]
 
 
 def integration(org: Organization, slug: str, **fields):

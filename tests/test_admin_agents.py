@@ -18,6 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from agents import grants
+from agents.engine.testing import start_openai_stub
 from agents.models import Agent, Revision
 from monitoring.models import ModelPrice, Run, Span
 from orgs.actor import Actor
@@ -25,7 +26,7 @@ from orgs.models import AuditEvent, Membership
 from orgs.roles import EDITOR, OWNER, VIEWER
 
 from . import factories as f
-from .builders import agent_with_revision, local_spec, run_once
+from .builders import agent_with_revision, local_spec, run_once, send_secrets
 
 pytestmark = pytest.mark.django_db
 
@@ -440,11 +441,16 @@ def test_nobody_adds_or_changes_a_run_and_only_owners_delete(owner, editor, acme
 
 # --- secrets never leak ---------------------------------------------------------------------------------
 def test_trace_and_revision_pages_never_show_a_secret_value(viewer, owner, org):
-    f.secret(org, "KEY", SECRET_VALUE, allowed_agents=["*"])
-    spec = local_spec("done", prompt="Use {{secret.KEY}} for {{input.question}}")
-    agent, revision = agent_with_revision(org, "uses-secret", spec)
-    run = run_once(agent, "the question")
+    base_url, stub = start_openai_stub(script=[{"content": "done"}])
+    try:
+        f.secret(org, "KEY", SECRET_VALUE, allowed_agents=["*"], allowed_hosts=["127.0.0.1"])
+        spec = send_secrets(local_spec("done", prompt="Use the key for {{input.question}}"), "KEY", base_url=base_url)
+        agent, revision = agent_with_revision(org, "uses-secret", spec)
+        run = run_once(agent, "the question")
+    finally:
+        stub.close()
     assert run.status == "ok"
+    assert stub.requests[0].headers["Authorization"] == f"Bearer {SECRET_VALUE}"  # really used
     for user in (viewer, owner):
         client = login(user)
         for page in (url("monitoring.run", "change", run.pk), url("agents.revision", "change", revision.pk),

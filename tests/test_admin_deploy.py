@@ -27,7 +27,7 @@ from orgs.models import AuditEvent
 from orgs.roles import OWNER
 
 from . import factories as f
-from .builders import SYSTEM, agent_with_revision, local_spec, run_once
+from .builders import SYSTEM, agent_with_revision, local_spec, run_once, send_secrets
 
 pytestmark = pytest.mark.django_db
 
@@ -45,7 +45,7 @@ def ship(org):
     v2 = create_revision(actor=SYSTEM, agent=agent, message="sharper prompt",
                          spec=local_spec("v2 says {{input.question}}", prompt="Answer briefly: {{input.question}}"))
     v3 = create_revision(actor=SYSTEM, agent=agent, message="needs a key",
-                         spec=local_spec("v3", prompt="{{input.question}} {{secret.MISSING_KEY}}"))
+                         spec=send_secrets(local_spec("v3"), "MISSING_KEY"))
     agent.refresh_from_db()
     return {"agent": agent, "v1": v1, "v2": v2, "v3": v3}
 

@@ -96,8 +96,9 @@ def test_duplicate_and_bad_agent_slugs(org, editor_client):
 
 def test_diff_structured_and_unified(org, editor_client):
     agent, v1 = agent_with_revision(org, "support")
-    spec = local_spec("better", prompt="Answer politely: {{input.question}} {{secret.KEY}}")
-    spec["steps"].append({"name": "polish", "model": {"provider": "fruxon-local", "name": "local"},
+    spec = local_spec("better", prompt="Answer politely: {{input.question}}")
+    spec["steps"].append({"name": "polish", "model": {"provider": "openai", "name": "gpt-4o-mini",
+                                                      "apiKey": "{{secret.KEY}}"},
                           "prompt": "{{steps.answer.output}}",
                           "tools": [{"name": "lookup", "integration": "shop", "parameters": {"type": "object"}}]})
     spec["steps"][0]["model"]["temperature"] = 0.3

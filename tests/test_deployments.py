@@ -25,7 +25,7 @@ from orgs.models import AuditEvent, Integration, Membership
 from orgs.services.api_keys import revoke_key
 
 from . import factories as f
-from .builders import SYSTEM, agent_with_revision, local_spec, run_once
+from .builders import SYSTEM, agent_with_revision, local_spec, run_once, send_secrets
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_roles_for_deploy_rollback_schedule_shadow(org, agent_v1_v2, owner, edit
 
 
 def test_blocking_checks_refuse_deploy_and_owner_can_force(org, owner_client, editor, api):
-    spec = local_spec(prompt="{{input.question}} {{secret.MISSING_KEY}}")
+    spec = send_secrets(local_spec(), "MISSING_KEY")
     spec["steps"][0]["tools"] = [{"name": "lookup", "integration": "crm", "parameters": {"type": "object"}}]
     spec["steps"][0]["subAgents"] = [{"agent": "helper"}]
     agent, rev = agent_with_revision(org, "support", spec, deploy=False)
@@ -126,7 +126,7 @@ def test_blocking_checks_refuse_deploy_and_owner_can_force(org, owner_client, ed
     forced = _deploy(owner_client, rev.id, force=True, reason="hotfix, integration reconnects tonight")
     assert forced.status_code == 201 and forced.json()["forced"] is True
     # fixing the blockers turns them green
-    f.secret(org, "MISSING_KEY", "v", allowed_agents=["support"])
+    f.secret(org, "MISSING_KEY", "v", allowed_agents=["support"], allowed_hosts=["api.openai.com"])
     Integration.objects.filter(slug="crm").update(status="authorized")
     helper = Agent.objects.get(slug="helper")
     Agent.objects.filter(pk=helper.pk).update(deployed_revision=helper.revisions.get())
@@ -140,13 +140,13 @@ def test_blocking_checks_refuse_deploy_and_owner_can_force(org, owner_client, ed
 def test_secret_of_another_org_or_agent_does_not_satisfy(org, editor, api):
     other = f.OrganizationFactory(slug="other")
     f.secret(other, "KEY", "x")
-    f.secret(org, "ONLY_BILLING", "y", allowed_agents=["billing"])
-    agent, rev = agent_with_revision(org, "support", local_spec(prompt="{{secret.KEY}} {{secret.ONLY_BILLING}} {{input.question}}"),
-                                     deploy=False)
+    f.secret(org, "ONLY_BILLING", "y", allowed_agents=["billing"], allowed_hosts=["api.openai.com"])
+    agent, rev = agent_with_revision(org, "support", send_secrets(local_spec(), "KEY", "ONLY_BILLING"), deploy=False)
     checks = {c["check"]: c for c in api.as_user(editor).get(
         f"/v1/acme/agents/support/readiness?revisionId={rev.id}").json()["checks"]}
     assert checks["secrets"]["status"] == "fail"
-    assert checks["secrets"]["data"] == {"missing": ["KEY"], "notAllowed": ["ONLY_BILLING"]}
+    data = checks["secrets"]["data"]
+    assert (data["missing"], data["notAllowed"], data["hostNotAllowed"]) == (["KEY"], ["ONLY_BILLING"], [])
 
 
 def _checks(client, revision_id):
@@ -341,7 +341,7 @@ def test_scheduled_rollout_applies_once_and_records_failures(org, agent_v1_v2, e
     deployment = Deployment.objects.get(pk=row["deploymentId"])
     assert deployment.kind == "scheduled" and deployment.actor_label == "user:eddie"
     # a scheduled deploy that readiness refuses at its moment is recorded as failed, with why
-    bad = create_revision(actor=SYSTEM, agent=agent, spec=local_spec(prompt="{{secret.NOPE}} {{input.question}}"))
+    bad = create_revision(actor=SYSTEM, agent=agent, spec=send_secrets(local_spec(), "NOPE"))
     failing = scheduling.schedule(actor=SYSTEM, agent=agent, revision_id=bad.id, run_at=soon)
     scheduling.apply_due(now=later)
     failing.refresh_from_db()

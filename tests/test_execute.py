@@ -11,7 +11,7 @@ from agents.models import Agent
 from monitoring.models import Conversation, Run, Span
 
 from . import factories as f
-from .builders import agent_with_revision, local_spec
+from .builders import agent_with_revision, local_spec, send_secrets
 
 SECRET = "sk-never-show-me-9731"
 
@@ -85,20 +85,21 @@ def test_bad_input_names_it_and_records_nothing(org, runner):
 def test_secrets_never_recorded_or_returned(org, owner, runner):
     base_url, stub = start_openai_stub(script=[{"content": "The answer"}])
     try:
-        f.secret(org, "OPENAI_KEY", SECRET, allowed_agents=["support"])
+        f.secret(org, "OPENAI_KEY", SECRET, allowed_agents=["support"], allowed_hosts=["127.0.0.1"])
         spec = {
             "inputs": {"question": {"type": "string", "required": True}},
             "steps": [{"name": "answer", "model": {"provider": "openai", "name": "gpt-4o-mini", "baseUrl": base_url,
-                                                   "apiKey": "{{secret.OPENAI_KEY}}"},
-                       "systemPrompt": "Key for reference: {{secret.OPENAI_KEY}}", "prompt": "{{input.question}}"}],
+                                                   "apiKey": "{{secret.OPENAI_KEY}}",
+                                                   "headers": {"X-Org-Token": "org {{secret.OPENAI_KEY}}"}},
+                       "systemPrompt": "Be brief.", "prompt": "{{input.question}}"}],
             "output": "{{steps.answer.output}}",
         }
         agent_with_revision(org, "support", spec)
         response = _execute(runner)
         assert response.status_code == 200, response.content
         assert stub.requests[0].headers["Authorization"] == f"Bearer {SECRET}"  # it was really used
-        # resolved at call time: the model really received the value the spec put in its system prompt
-        assert SECRET in json.dumps(stub.requests[0].body)
+        assert stub.requests[0].headers["X-Org-Token"] == f"org {SECRET}"  # resolved at call time in a header too
+        assert SECRET not in json.dumps(stub.requests[0].body)  # never in what the model reads
     finally:
         stub.close()
     assert SECRET.encode() not in response.content
@@ -116,8 +117,8 @@ def test_secrets_never_recorded_or_returned(org, owner, runner):
 
 
 def test_secret_refused_to_agent_outside_allowed_agents(org, runner):
-    f.secret(org, "ONLY_BILLING", SECRET, allowed_agents=["billing"])
-    agent_with_revision(org, "support", local_spec(prompt="{{input.question}} {{secret.ONLY_BILLING}}"))
+    f.secret(org, "ONLY_BILLING", SECRET, allowed_agents=["billing"], allowed_hosts=["127.0.0.1"])
+    agent_with_revision(org, "support", send_secrets(local_spec(), "ONLY_BILLING", base_url="http://127.0.0.1:9/v1"))
     response = _execute(runner)
     assert response.status_code == 422
     error = response.json()["error"]

@@ -48,7 +48,10 @@ APPS = {"orgs", "agents", "deployments", "evaluations", "monitoring", "guardian"
 def shop_spec(reply: str) -> dict:
     """A spec that references the SHOP_TOKEN secret and calls the shop-api integration."""
     spec = local_spec(reply)
-    spec["steps"][0]["systemPrompt"] = "Authenticate with {{secret.SHOP_TOKEN}}."
+    # The token goes only where the shop-api integration lives (a credential position, a host it allows).
+    spec["steps"].append({"name": "sign", "prompt": "{{input.question}}",
+                          "model": {"provider": "openai", "name": "gpt-4o-mini", "baseUrl": "http://127.0.0.1:9/api",
+                                    "headers": {"X-Shop-Token": "{{secret.SHOP_TOKEN}}"}}})
     spec["steps"][0]["tools"] = [{"name": "lookup_order", "integration": "shop-api", "description": "Look up an order",
                                   "parameters": {"type": "object", "properties": {}}}]
     return spec

@@ -81,12 +81,25 @@ class DiffChange(serializers.Serializer):
     after = serializers.JSONField(allow_null=True)
 
 
+class SecretDestination(serializers.Serializer):
+    secret = serializers.CharField()
+    path = serializers.CharField(help_text="the credential position, e.g. $.steps[0].model.apiKey")
+    host = serializers.CharField(allow_null=True, help_text="host (host:port off the default port) it is sent to; "
+                                                            "null when the spec does not fix it")
+
+
+class SecretDestinations(serializers.Serializer):
+    before = SecretDestination(many=True, help_text="in the revision compared against")
+    after = SecretDestination(many=True, help_text="in this revision")
+
+
 class DiffResponse(serializers.Serializer):
     revisionId = serializers.CharField()
     againstRevisionId = serializers.CharField()
     changes = DiffChange(many=True)
     summary = serializers.DictField()
     promptDiff = serializers.CharField(help_text="unified diff of prompt texts")
+    secretDestinations = SecretDestinations()
 
 
 class GrantSerializer(serializers.Serializer):

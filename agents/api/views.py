@@ -98,6 +98,9 @@ class RevisionViewSet(OrgScopedViewSet):
 
     @extend_schema(request=s.RevisionCreate, responses={
         201: s.RevisionDetail,
+        400: OpenApiResponse(description="invalid_spec (details.problems: path, message); secret_destination: a "
+                                         "secret would be sent to a host it does not allow (details: secret, path, "
+                                         "host, allowedHosts, uses); nothing written"),
         403: OpenApiResponse(description="forbidden: the role or scope, or a sub-agent the spec names that the "
                                          "caller may not execute (details.subAgent)"),
     })
@@ -210,7 +213,9 @@ class ExecuteView(OrgScopedAPIView):
             404: OpenApiResponse(description="unknown agent, or revisionId not a revision of this agent"),
             409: OpenApiResponse(description="not_deployed: nothing deployed and no revisionId"),
             422: OpenApiResponse(description="the run failed for a non-provider reason (max_tool_calls, "
-                                             "integration_unavailable, secret_not_allowed, ...); the run is recorded"),
+                                             "integration_unavailable, secret_not_allowed, secret_destination: a secret "
+                                             "would have gone to a host it does not allow, nothing was sent, ...); "
+                                             "the run is recorded"),
             429: OpenApiResponse(description="budget_exceeded: the budget's hard cap cannot admit the run; "
                                              "Retry-After says when the period resets"),
             503: OpenApiResponse(description="ledger_unavailable: the budget ledger cannot be reached, so the run "

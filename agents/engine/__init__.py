@@ -14,6 +14,7 @@ from .errors import (
     NotDeployed,
     ProviderError,
     ProviderTimeout,
+    SecretDestinationRefused,
     SecretNotAllowed,
     SecretNotFound,
     SpecError,
@@ -22,7 +23,7 @@ from .errors import (
 from .inputs import validate_inputs
 from .result import RunResult, SpanRecord, Totals
 from .runner import run
-from .runtime import IntegrationInfo, Price, RunContext, Runtime
+from .runtime import IntegrationInfo, Price, RunContext, Runtime, SecretValue
 from .spec import (
     SpecProblem,
     SubAgentRef,
@@ -47,8 +48,10 @@ __all__ = [
     "RunContext",
     "RunResult",
     "Runtime",
+    "SecretDestinationRefused",
     "SecretNotAllowed",
     "SecretNotFound",
+    "SecretValue",
     "SpanRecord",
     "SpecError",
     "SpecProblem",

@@ -121,6 +121,14 @@ class SecretNotAllowed(EngineError):
     code = "secret_not_allowed"
 
 
+class SecretDestinationRefused(EngineError):
+    """A secret would go to a host outside the hosts it may be sent to (``allowedHosts``
+    and its integrations' hosts), or from a position that is not a credential. Nothing was sent.
+    The message names the secret and the host, never the value."""
+
+    code = "secret_destination"
+
+
 class AgentNotFound(EngineError):
     """A sub-agent (or its pinned revision) does not exist."""
 

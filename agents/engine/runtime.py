@@ -46,6 +46,23 @@ class IntegrationInfo:
     auth_scheme: str = "Bearer"
 
 
+@dataclass(frozen=True)
+class SecretValue:
+    """A resolved secret: its value and the host entries it may be sent to.
+
+    ``allowed_hosts`` holds the secret's ``allowedHosts`` plus the hosts of the
+    integrations whose credentials it is, as entries of
+    :func:`agents.engine.destinations.normalize_host_entry` (``host`` or ``host:port``).
+    The engine sends the value only to a URL one of them matches; empty means nowhere.
+    """
+
+    value: str
+    allowed_hosts: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:  # never the value, whatever prints this
+        return f"SecretValue(value=<redacted>, allowed_hosts={sorted(self.allowed_hosts)!r})"
+
+
 def _decimal(value: Any) -> Decimal | None:
     if value is None or isinstance(value, Decimal):
         return value
@@ -75,7 +92,9 @@ class Price:
 class Runtime(Protocol):
     """Host services for a run. Subclass it to inherit the no-op budget hooks.
 
-    * ``resolve_secret(name, agent=...)``: the secret's current value; raises
+    * ``resolve_secret(name, agent=...)``: the secret's current value and the hosts it
+      may be sent to, as a :class:`SecretValue` (a bare ``str`` is taken as a value
+      allowed nowhere, so it is never sent); raises
       :class:`~agents.engine.errors.SecretNotFound` or
       :class:`~agents.engine.errors.SecretNotAllowed` (agent outside ``allowedAgents``).
       ``agent`` is the slug of the agent whose spec references the secret (a
@@ -98,7 +117,7 @@ class Runtime(Protocol):
 
     http_client: httpx.Client | None = None
 
-    def resolve_secret(self, name: str, *, agent: str) -> str: ...
+    def resolve_secret(self, name: str, *, agent: str) -> SecretValue: ...
 
     def get_integration(self, slug: str) -> IntegrationInfo | None: ...
 

@@ -13,10 +13,14 @@ A spec is JSON (see DESIGN.md, "Engine")::
 found, each with a JSON path (``$.steps[1].model.provider``) and a message.
 An empty list means the engine can run the spec.
 
-Templates live in ``systemPrompt``, ``prompt``, ``model.baseUrl``,
-``model.apiKey``, ``model.headers.*`` (roots ``input``, ``steps``, ``secret``),
-in ``fruxon-local`` script replies (roots ``input``, ``steps``, ``prompt``) and in
+Templates live in ``model.apiKey`` and ``model.headers.*`` (roots ``input``,
+``steps``, ``secret``: the credential positions, the only ones a secret may
+take), in ``systemPrompt``, ``prompt`` and ``model.baseUrl`` (roots ``input``,
+``steps``: a secret never goes into what the model reads or into a URL), in
+``fruxon-local`` script replies (roots ``input``, ``steps``, ``prompt``) and in
 ``output`` (roots ``input``, ``steps``: a secret may never reach the caller).
+Which hosts a secret may reach is checked outside the spec (see
+:mod:`agents.engine.destinations`).
 A step that references ``{{steps.X.output}}`` depends on step X; the
 dependencies must form no cycle.
 """
@@ -70,7 +74,8 @@ SCRIPT_KEYS = {"reply", "toolCalls", "usage", "latencyMs", "error"}
 SCRIPT_TOOL_CALL_KEYS = {"name", "arguments"}
 SCRIPT_USAGE_KEYS = {"inputTokens", "outputTokens", "cachedInputTokens", "reasoningTokens"}
 
-STEP_ROOTS = frozenset({"input", "steps", "secret"})
+STEP_ROOTS = frozenset({"input", "steps", "secret"})  # credential positions: model apiKey and headers
+PROMPT_ROOTS = frozenset({"input", "steps"})  # prompts and the model's baseUrl
 SCRIPT_ROOTS = frozenset({"input", "steps", "prompt"})
 OUTPUT_ROOTS = frozenset({"input", "steps"})
 
@@ -121,14 +126,14 @@ def step_templates(step: Any, path: str) -> Iterator[tuple[str, str, frozenset[s
         return
     for key in ("systemPrompt", "prompt"):
         if isinstance(step.get(key), str):
-            yield key_path(path, key), step[key], STEP_ROOTS
+            yield key_path(path, key), step[key], PROMPT_ROOTS
     model = step.get("model")
     if not isinstance(model, Mapping):
         return
     model_path = key_path(path, "model")
-    for key in ("baseUrl", "apiKey"):
+    for key, roots in (("baseUrl", PROMPT_ROOTS), ("apiKey", STEP_ROOTS)):
         if isinstance(model.get(key), str):
-            yield key_path(model_path, key), model[key], STEP_ROOTS
+            yield key_path(model_path, key), model[key], roots
     headers = model.get("headers")
     if isinstance(headers, Mapping):
         for name, value in headers.items():

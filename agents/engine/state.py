@@ -2,8 +2,9 @@
 per-(sub-)run :class:`Frame`.
 
 ``RunState`` caches what the runtime answers for the length of one run: a
-secret is resolved once per (agent, name) and registered with the redactor the
-moment it is resolved; integrations and prices once per key. That keeps the
+secret is resolved once per (agent, name), with the hosts it may go to, and
+registered with the redactor the moment it is resolved (each use checks its
+destination against those hosts); integrations and prices once per key. That keeps the
 execute hot path to a handful of runtime calls however long the tool loop.
 """
 
@@ -17,9 +18,10 @@ from typing import Any
 
 import httpx
 
-from .errors import RunCancelled, RunTimeout
+from .destinations import host_allowed, url_host
+from .errors import RunCancelled, RunTimeout, SecretDestinationRefused
 from .providers.base import Provider
-from .runtime import IntegrationInfo, Price, Runtime
+from .runtime import IntegrationInfo, Price, Runtime, SecretValue
 from .templating import Redactor
 from .trace import Recorder
 
@@ -64,7 +66,6 @@ class RunState:
         self.recorder = Recorder()
         self.redactor = Redactor()
         self.cancel = threading.Event()
-        self.usage_over_reservation = False  # a model call reported more than its reservation's bound
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, ...], Any] = {}
 
@@ -78,13 +79,27 @@ class RunState:
                 self._cache[key] = value
         return value
 
-    def secret(self, agent: str, name: str) -> str:
-        def load() -> str:
-            value = self.runtime.resolve_secret(name, agent=agent)
-            self.redactor.add(name, value)
-            return value
+    def secret_to(self, agent: str, name: str, url: str) -> str:
+        """The value of ``name`` for a request to ``url``, if the secret may go to that URL's host.
 
-        return self._cached(("secret", agent, name), load)
+        Raises :class:`SecretDestinationRefused` (nothing is sent) when no entry of the
+        secret's allowed hosts matches; the hosts come with the value, cached per run.
+        """
+        def load() -> SecretValue:
+            resolved = self.runtime.resolve_secret(name, agent=agent)
+            if not isinstance(resolved, SecretValue):  # a runtime that knows no hosts: allowed nowhere
+                resolved = SecretValue(str(resolved))
+            self.redactor.add(name, resolved.value)
+            return resolved
+
+        resolved: SecretValue = self._cached(("secret", agent, name), load)
+        host = url_host(url)
+        if not host_allowed(host, resolved.allowed_hosts):
+            where = f"host {str(host)!r}" if host else "a URL with no fixed http(s) host"
+            raise SecretDestinationRefused(
+                f"secret {name!r} may not be sent to {where}: it is not among the secret's allowedHosts "
+                "or the hosts of the integrations that use it")
+        return resolved.value
 
     def integration(self, slug: str) -> IntegrationInfo | None:
         return self._cached(("integration", slug), lambda: self.runtime.get_integration(slug))

@@ -4,20 +4,19 @@ Contract of :func:`run_step`:
 
 * templates are rendered twice: for the call (secrets resolved) and for the
   trace (``{{secret.NAME}}`` kept as text); only the trace form is recorded;
+* a secret is resolved only into a credential position (the model's ``apiKey``
+  and ``headers``, an integration's credentials) and only for a request whose
+  host the secret allows; otherwise the step fails with ``secret_destination``
+  before anything is sent;
 * the loop calls the model; while it answers with tool calls, each call runs in
   order (tools via integrations, ``agent__*`` via sub-agents) and its result is
   appended to the conversation; the first answer without tool calls is the
   step's output;
 * a tool call beyond the step's ``maxToolCalls`` (default 8) ends the run with
   ``max_tool_calls``; the excess call is not executed;
-* before every model call the worst-case cost (an upper bound: see
-  :mod:`agents.engine.tokens` and :func:`agents.engine.pricing.estimate_usd`) is
-  offered to ``Runtime.before_model_call`` and after it the actual cost to
-  ``Runtime.after_model_call`` (``0`` when the call failed), even when the
-  provider reported more than the bound; such a call is flagged
-  (``usageOverReservation`` on its span and on the run);
-* a provider's error message is redacted, then cut to :data:`MAX_ERROR_CHARS`,
-  before it is settled, logged or recorded;
+* before every model call the worst-case cost is offered to
+  ``Runtime.before_model_call`` and after it the actual cost to
+  ``Runtime.after_model_call`` (``0`` when the call failed);
 * the returned :class:`StepOutcome` carries the time spent waiting on model
   providers, sub-runs included, for the overhead figure.
 """
@@ -32,16 +31,17 @@ from decimal import Decimal
 from typing import Any
 
 from . import subagents
-from .errors import EngineError, MaxToolCallsExceeded, ProviderError
+from .destinations import model_base_url
+from .errors import EngineError, MaxToolCallsExceeded, ProviderError, SecretDestinationRefused
 from .pricing import cost_usd, estimate_usd
 from .providers.base import ChatRequest, ChatResponse, ToolCall
-from .spec import DEFAULT_MAX_TOOL_CALLS
+from .spec import DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOOL_CALLS
 from .state import Frame, RunState
 from .templating import render_for_call, render_for_trace
-from .tokens import input_token_bound, max_output_tokens
+from .tokens import estimate_input_tokens
 from .tools import call_tool, require_usable, tool_definition
 
-_TEMPLATED_MODEL_KEYS = ("baseUrl", "apiKey")
+_CREDENTIAL_MODEL_KEYS = ("apiKey",)
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,32 @@ class StepOutcome:
     provider_ms: float
 
 
+def _no_secret(where: str) -> Callable[[str], str]:
+    """A resolver for a position that may never carry a secret (prompts, URLs)."""
+    def refuse(name: str) -> str:
+        raise SecretDestinationRefused(f"secret {name!r} cannot be used in {where}: only a model's apiKey and "
+                                       "headers may carry a secret")
+    return refuse
+
+
 def _render_model(model: Mapping[str, Any], context: Mapping[str, Any],
-                  resolve: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model config for the call (secrets resolved) and for the trace (no script, secrets as text)."""
+                  resolve_to: Callable[[str, str], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model config for the call (secrets resolved) and for the trace (no script, secrets as text).
+
+    The base URL is rendered first, without secrets: it is where the credentials go,
+    and each one is resolved for that destination (``resolve_to(name, url)``).
+    """
     call = dict(model)
     trace = {key: value for key, value in model.items() if key != "script"}
-    for key in _TEMPLATED_MODEL_KEYS:
+    if "baseUrl" in model:
+        call["baseUrl"] = render_for_call(model["baseUrl"], context, _no_secret("a model's baseUrl"))
+        trace["baseUrl"] = render_for_trace(model["baseUrl"], context)
+    destination = model_base_url(call) or ""
+
+    def resolve(name: str) -> str:
+        return resolve_to(name, destination)
+
+    for key in _CREDENTIAL_MODEL_KEYS:
         if key in model:
             call[key] = render_for_call(model[key], context, resolve)
             trace[key] = render_for_trace(model[key], context)
@@ -128,9 +148,8 @@ class _Toolbox:
         try:
             integration = require_usable(tool["integration"], self.state.integration(tool["integration"]))
             outcome = call_tool(tool, tool_call.arguments, integration=integration,
-                                resolve_secret=lambda name: self.state.secret(self.frame.agent, name),
-                                client=self.state.client, deadline=self.frame.deadline, shadow=self.state.shadow,
-                                clip=self.state.redactor.clip)
+                                resolve_secret=lambda name, url: self.state.secret_to(self.frame.agent, name, url),
+                                client=self.state.client, deadline=self.frame.deadline, shadow=self.state.shadow)
         except EngineError as exc:
             recorder.finish(span, status=exc.status, error={"code": exc.code, "message": exc.message})
             raise
@@ -143,21 +162,14 @@ class _Toolbox:
         return self.state.redactor.redact_text(outcome.content)
 
 
-# A provider's error message is kept (on spans, the run, the API answer) to this many characters.
-MAX_ERROR_CHARS = 300
-
-
 def _call_model(frame: Frame, state: RunState, span_id: str, model: Mapping[str, Any], trace_model: Mapping[str, Any],
                 conversation: _Conversation, tools: list[dict[str, Any]], context: Mapping[str, Any]) -> ChatResponse:
     frame.check(state)
     provider_name = model["provider"]
     model_name = model.get("name", "local")
     price = state.price(provider_name, model_name)
-    # Upper bounds of what the provider can bill (agents.engine.tokens): reserving less lets
-    # concurrent calls add up past a hard cap.
-    max_tokens = max_output_tokens(model)
-    input_bound = input_token_bound(conversation.messages, tools)
-    estimate = estimate_usd(input_bound, max_tokens, price)
+    max_tokens = model.get("maxTokens", DEFAULT_MAX_TOKENS)
+    estimate = estimate_usd(estimate_input_tokens(conversation.messages, tools), max_tokens, price)
     recorder = state.recorder
     span = recorder.start(
         "llm", model_name, span_id, model=model_name, provider=provider_name,
@@ -175,11 +187,6 @@ def _call_model(frame: Frame, state: RunState, span_id: str, model: Mapping[str,
             ChatRequest(model=model, messages=list(conversation.messages), tools=tools, context=context),
             deadline=frame.deadline)
     except BaseException as exc:
-        if isinstance(exc, EngineError):
-            # Redact, then cut, before anything (a log record, the run) holds the message:
-            # a provider's error may quote the key it was sent.
-            exc.message = state.redactor.clip(exc.message, MAX_ERROR_CHARS)
-            exc.args = (exc.message,)
         state.runtime.after_model_call(Decimal(0))
         if isinstance(exc, EngineError):
             spent = exc.provider_ms if isinstance(exc, ProviderError) else 0.0
@@ -187,19 +194,15 @@ def _call_model(frame: Frame, state: RunState, span_id: str, model: Mapping[str,
                             attributes={"providerMs": round(spent, 3)})
         raise
     cost = cost_usd(response.usage, price)
-    state.runtime.after_model_call(cost)  # the actual, even above the reservation: it was billed
+    state.runtime.after_model_call(cost)
     usage = response.usage
-    over = {}
-    if usage.input_tokens > input_bound or usage.output_tokens > max_tokens or cost > estimate:
-        state.usage_over_reservation = True
-        over = {"usageOverReservation": True}
     recorder.finish(
         span,
         output={"content": response.content,
                 "toolCalls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls]},
         input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
         output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens, cost_usd=cost,
-        attributes={"providerMs": round(response.provider_ms, 3), **over},
+        attributes={"providerMs": round(response.provider_ms, 3)},
     )
     return response
 
@@ -214,15 +217,17 @@ def run_step(frame: Frame, state: RunState, step: Mapping[str, Any], outputs: Ma
     trace_input: dict[str, Any] = {}
     attributes: dict[str, Any] = {}
     try:
-        def resolve(secret_name: str) -> str:
-            return state.secret(frame.agent, secret_name)
+        def resolve_to(secret_name: str, url: str) -> str:
+            return state.secret_to(frame.agent, secret_name, url)
 
         conversation = _Conversation()
         for key, role in (("systemPrompt", "system"), ("prompt", "user")):
             if key in step:
                 trace_input[key] = render_for_trace(step[key], context)
-                conversation.open_with(role, render_for_call(step[key], context, resolve), trace_input[key])
-        model, trace_model = _render_model(step["model"], context, resolve)
+                # A prompt goes to the model: a secret in it would be readable by whoever runs the model.
+                conversation.open_with(role, render_for_call(step[key], context, _no_secret(f"a step's {key}")),
+                                       trace_input[key])
+        model, trace_model = _render_model(step["model"], context, resolve_to)
         attributes["model"] = trace_model
 
         toolbox = _Toolbox(frame, state, step, span.id)

@@ -25,16 +25,21 @@ from typing import Any
 
 import httpx
 
+from .destinations import url_host
 from .errors import AgentNotFound, BudgetExceeded, NotDeployed, SecretNotAllowed, SecretNotFound
-from .runtime import IntegrationInfo, Price, Runtime
+from .runtime import IntegrationInfo, Price, Runtime, SecretValue
 
 # --- runtime ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class StaticSecret:
+    """A secret's value, the agents that may use it and the hosts it may be sent to
+    (besides the hosts of the integrations whose credentials it is). No hosts: nowhere."""
+
     value: str
     allowed_agents: tuple[str, ...] = ("*",)
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -67,7 +72,7 @@ class StaticRuntime(Runtime):
         self._lock = threading.Lock()
         self._pending = threading.local()  # each thread settles the reservation it made
 
-    def resolve_secret(self, name: str, *, agent: str) -> str:
+    def resolve_secret(self, name: str, *, agent: str) -> SecretValue:
         with self._lock:
             self.secret_requests.append((name, agent))
         secret = self.secrets.get(name)
@@ -75,7 +80,11 @@ class StaticRuntime(Runtime):
             raise SecretNotFound(f"secret {name!r} does not exist")
         if "*" not in secret.allowed_agents and agent not in secret.allowed_agents:
             raise SecretNotAllowed(f"agent {agent!r} is not allowed to use secret {name!r}")
-        return secret.value
+        # As the Django runtime does: the hosts of the integrations it is the credentials of count too.
+        hosts = set(secret.allowed_hosts)
+        hosts |= {str(host) for integration in self.integrations.values()
+                  if integration.credentials_secret == name and (host := url_host(integration.base_url))}
+        return SecretValue(secret.value, frozenset(hosts))
 
     def get_integration(self, slug: str) -> IntegrationInfo | None:
         return self.integrations.get(slug)

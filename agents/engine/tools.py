@@ -84,13 +84,13 @@ def _parsed(text: str) -> Any:
 
 
 def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration: IntegrationInfo,
-              resolve_secret: Callable[[str], str], client: httpx.Client, deadline: float,
-              shadow: bool, clip: Callable[[str, int], str] | None = None) -> ToolOutcome:
+              resolve_secret: Callable[[str, str], str], client: httpx.Client, deadline: float,
+              shadow: bool) -> ToolOutcome:
     """Call one tool on a usable integration (see the module contract).
 
-    ``clip(text, limit)`` cuts the answer's text where it is kept; the engine
-    passes :meth:`~agents.engine.templating.Redactor.clip`, which redacts the
-    run's secrets before it cuts (an integration may echo the credential).
+    ``resolve_secret(name, url)`` returns the credential's value for a request to
+    ``url``, or raises (:class:`~agents.engine.errors.SecretDestinationRefused`) before
+    anything is sent.
     """
     attributes = {"integration": integration.slug, "sideEffects": integration.side_effects}
     if shadow and integration.side_effects:
@@ -99,11 +99,12 @@ def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration
         return ToolOutcome(content=json.dumps(body), status="skipped", output=body,
                            attributes={**attributes, "skipped": SHADOW_SKIP_REASON})
 
+    url = f"{integration.base_url.rstrip('/')}/{tool['name']}"
     headers = {"Accept": "application/json", **integration.headers}
     if integration.credentials_secret:
-        value = resolve_secret(integration.credentials_secret)
+        # The URL the request goes to decides whether the credential may go with it.
+        value = resolve_secret(integration.credentials_secret, url)
         headers[integration.auth_header] = f"{integration.auth_scheme} {value}" if integration.auth_scheme else value
-    url = f"{integration.base_url.rstrip('/')}/{tool['name']}"
     try:
         reply = post_json(client, url, payload=arguments, headers=headers, deadline=deadline)
     except DeadlineReached:
@@ -116,14 +117,13 @@ def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration
         return outcome
 
     text = reply.text()
-    cut = clip or (lambda value, limit: value[:limit])
     attributes["httpStatus"] = reply.status
     if 200 <= reply.status < 300:
         if len(text) > MAX_RESULT_CHARS:
             attributes["truncated"] = True
-            text = cut(text, MAX_RESULT_CHARS)
+            text = text[:MAX_RESULT_CHARS]
         return ToolOutcome(content=text, status="ok", output=_parsed(text), attributes=attributes)
     outcome = _error(f"integration {integration.slug!r} answered HTTP {reply.status}", status=reply.status,
-                     body=_parsed(cut(text, 2000)))
+                     body=_parsed(text[:2000]))
     outcome.attributes.update(attributes)
     return outcome

@@ -81,7 +81,9 @@ class ImportView(OrgScopedAPIView):
         OpenApiParameter("deploy", bool, description="also deploy the imported deployed revisions"),
     ], responses={
         200: OpenApiResponse(OpenApiTypes.OBJECT, description="{dryRun, applied, plan, revisions, deployments}"),
-        400: OpenApiResponse(description="invalid_export: details.problems names each JSON path"),
+        400: OpenApiResponse(description="invalid_export: details.problems names each JSON path; "
+                                         "secret_destination: a revision would send a secret to a host it does not "
+                                         "allow (details: secret, path, host); nothing written"),
         403: OpenApiResponse(description="forbidden: the role or scope; a document naming an agent outside the "
                                          "key's list (details.agents), or a revision naming a sub-agent the caller "
                                          "may not execute (details.subAgent), dry run included; nothing written"),
@@ -105,6 +107,8 @@ class PromoteView(OrgScopedAPIView):
     @extend_schema(request=PromoteRequest, responses={
         201: OpenApiResponse(OpenApiTypes.OBJECT, description="{targetOrg, agent, sourceRevisionId, revisionId, "
                                                               "contentHash, deploymentId, forced, plan}"),
+        400: OpenApiResponse(description="secret_destination: the revision would send a secret to a host the "
+                                         "target org's secret does not allow (details: secret, path, host)"),
         403: OpenApiResponse(description="not an owner of the target org, or an API key"),
         404: OpenApiResponse(description="the target org does not exist or you are not a member"),
         409: OpenApiResponse(description="not_ready (details.plan, details.checks), already_deployed, nothing_deployed"),

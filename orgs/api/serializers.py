@@ -133,6 +133,10 @@ class SecretSerializer(serializers.ModelSerializer):
     """A secret's metadata. There is deliberately no value field."""
 
     allowedAgents = serializers.ListField(source="allowed_agents", child=serializers.CharField())
+    allowedHosts = serializers.ListField(
+        source="allowed_hosts", child=serializers.CharField(),
+        help_text="Hosts (host or host:port, lowercase, IDNA in ASCII form) the value may be sent to, besides the "
+                  "hosts of the integrations whose credentialsSecret it is.")
     version = serializers.IntegerField(source="current_version")
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
@@ -140,7 +144,8 @@ class SecretSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Secret
-        fields = ["name", "description", "version", "allowedAgents", "createdAt", "updatedAt", "updatedBy"]
+        fields = ["name", "description", "version", "allowedAgents", "allowedHosts", "createdAt", "updatedAt",
+                  "updatedBy"]
 
 
 class SecretPut(StrictSerializer):
@@ -151,6 +156,15 @@ class SecretPut(StrictSerializer):
         source="allowed_agents", required=False, max_length=500,
         child=serializers.RegexField(r"^(\*|[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?)$", max_length=50),
         help_text='Agent slugs allowed to resolve this secret, or ["*"].',
+    )
+    allowedHosts = serializers.ListField(
+        source="allowed_hosts", required=False, max_length=100,
+        child=serializers.CharField(max_length=261, trim_whitespace=False),
+        help_text='Hosts the value may be sent to, e.g. ["api.openai.com", "llm.internal:8443"]: a host name '
+                  "(internationalized names allowed) or IP address, optionally :port (then only that port; "
+                  "without one, any port); no scheme, path or wildcard. The hosts of the integrations whose "
+                  "credentialsSecret it is are allowed as well. A revision that would send the secret elsewhere "
+                  "is refused with 400 secret_destination, and the engine checks again at every call.",
     )
 
 

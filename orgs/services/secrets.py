@@ -1,8 +1,11 @@
 """Secrets: write-only, versioned, encrypted values.
 
 A value goes in through ``put_secret`` and comes out only through
-``resolve_value``, which the engine calls at model/tool call time for an
-agent in the secret's ``allowedAgents``. No other code path decrypts.
+``resolve_value`` (``resolve`` adds the hosts it may go to), which the engine
+calls at model/tool call time for an agent in the secret's ``allowedAgents``.
+No other code path decrypts. A value is only ever sent to a host of its
+``allowedHosts`` or of the integrations whose credentials it is: checked when a
+revision is created (``check_destinations``) and again by the engine per call.
 """
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from django.utils import timezone
 from fruxon.errors import Forbidden, InvalidRequest, NotFound
 from orgs import crypto
 from orgs.actor import Actor
-from orgs.models import Organization, Secret, SecretVersion
+from agents.engine import destinations
+from orgs.models import Integration, Organization, Secret, SecretVersion
 
 from . import audit
 
 MAX_VALUE_BYTES = 64 * 1024
+MAX_ALLOWED_HOSTS = 100
 _UNSET = object()
 
 
@@ -25,15 +30,30 @@ class SecretNotAllowed(Forbidden):
 
 
 
+def clean_allowed_hosts(hosts) -> list[str]:
+    """``allowedHosts`` canonical (lowercase, IDNA, sorted, unique); 400 naming the first bad entry."""
+    if len(hosts) > MAX_ALLOWED_HOSTS:
+        raise InvalidRequest(f"A secret has at most {MAX_ALLOWED_HOSTS} allowed hosts.",
+                             details={"fields": {"allowedHosts": ["Too many hosts."]}})
+    try:
+        return destinations.normalize_host_entries(hosts)
+    except destinations.HostError as exc:
+        raise InvalidRequest(f"allowedHosts: {exc}.", details={"fields": {"allowedHosts": [str(exc)]}}) from None
+
+
 def put_secret(*, actor: Actor, organization: Organization, name: str, value=_UNSET, description=_UNSET,
-               allowed_agents=_UNSET) -> tuple[Secret, bool]:
+               allowed_agents=_UNSET, allowed_hosts=_UNSET) -> tuple[Secret, bool]:
     """Create a secret or update it. Returns ``(secret, created)``.
 
     A given ``value`` always makes a new version (rotation); the old version is
-    kept. Without a value, only the description and allowed agents change.
+    kept. Without a value, only the description, allowed agents and allowed hosts
+    change. ``allowed_hosts`` (host or host:port entries) is validated and stored
+    canonical; the audit event records the hosts before and after.
     """
     if value is not _UNSET and len(value.encode("utf-8")) > MAX_VALUE_BYTES:
         raise InvalidRequest("A secret value is at most 64 KiB.", details={"fields": {"value": ["Too long."]}})
+    if allowed_hosts is not _UNSET:
+        allowed_hosts = clean_allowed_hosts(allowed_hosts)
     with transaction.atomic():
         secret = Secret.objects.select_for_update().filter(organization=organization, name=name).first()
         created = secret is None
@@ -48,6 +68,10 @@ def put_secret(*, actor: Actor, organization: Organization, name: str, value=_UN
         if allowed_agents is not _UNSET:
             secret.allowed_agents = sorted(set(allowed_agents))
             changed.append("allowedAgents")
+        hosts_before = list(secret.allowed_hosts or [])
+        if allowed_hosts is not _UNSET:
+            secret.allowed_hosts = allowed_hosts
+            changed.append("allowedHosts")
         if value is not _UNSET:
             secret.current_version += 1
             changed.append("value")
@@ -62,7 +86,9 @@ def put_secret(*, actor: Actor, organization: Organization, name: str, value=_UN
         audit.record(
             organization=organization, actor=actor, action="secret.created" if created else "secret.updated",
             target_type="secret", target_id=name,
-            data={"changed": changed, "version": secret.current_version, "allowedAgents": secret.allowed_agents},
+            data={"changed": changed, "version": secret.current_version, "allowedAgents": secret.allowed_agents,
+                  "allowedHosts": secret.allowed_hosts,
+                  **({"allowedHostsBefore": hosts_before} if "allowedHosts" in changed and not created else {})},
         )
     return secret, created
 
@@ -100,6 +126,64 @@ def delete_secret(*, actor: Actor, organization: Organization, name: str) -> Non
         secret.delete()
         audit.record(organization=organization, actor=actor, action="secret.deleted", target_type="secret",
                      target_id=name, data={"versions": versions})
+
+
+def integration_hosts(*, organization_id: int, names) -> dict[str, set[str]]:
+    """Secret name -> hosts of the org's integrations whose credentialsSecret it is (their baseUrl host)."""
+    hosts: dict[str, set[str]] = {name: set() for name in names}
+    rows = Integration.objects.filter(organization_id=organization_id, credentials_secret__in=list(hosts))
+    for secret_name, config in rows.values_list("credentials_secret", "config"):
+        host = destinations.url_host((config or {}).get("baseUrl") if isinstance(config, dict) else None)
+        if host is not None:
+            hosts[secret_name].add(str(host))
+    return hosts
+
+
+def allowed_hosts_by_name(*, organization_id: int, names) -> dict[str, list[str]]:
+    """For each existing secret among ``names``: the host entries it may be sent to
+    (its ``allowedHosts`` and its integrations' hosts), sorted. Missing secrets are absent."""
+    rows = dict(Secret.objects.filter(organization_id=organization_id, name__in=list(names))
+                .values_list("name", "allowed_hosts"))
+    extra = integration_hosts(organization_id=organization_id, names=rows)
+    return {name: sorted(set(hosts or []) | extra[name]) for name, hosts in rows.items()}
+
+
+def check_destinations(*, organization_id: int, spec) -> None:
+    """400 ``secret_destination`` if the spec would send an existing secret to a host it does not allow.
+
+    Every credential use (a model's ``apiKey`` and headers) is checked against the
+    secret's allowed hosts and its integrations' hosts; the error names the secret,
+    the position and the host of the first offending use (``details.uses`` lists all).
+    A secret that does not exist yet is not checked here (readiness reports it
+    missing, and the engine checks the hosts again at call time).
+    """
+    uses = destinations.secret_destinations(spec)
+    if not uses:
+        return
+    allowed = allowed_hosts_by_name(organization_id=organization_id, names={u.secret for u in uses})
+    refused = destinations.disallowed_uses(uses, allowed)
+    if refused:
+        first = refused[0]
+        where = f"host '{first.host}'" if first.host else "a host that is not fixed in the spec (a templated baseUrl)"
+        raise InvalidRequest(
+            f"Secret '{first.secret}' at {first.path} would be sent to {where}, which is not among its allowed "
+            f"hosts ({', '.join(allowed[first.secret]) or 'none'}). Add the host to the secret's allowedHosts "
+            "(PUT /secrets/NAME) or send the request elsewhere.",
+            code="secret_destination",
+            details={"secret": first.secret, "path": first.path, "host": str(first.host) if first.host else None,
+                     "allowedHosts": allowed[first.secret], "uses": [u.to_dict() for u in refused]},
+        )
+
+
+def resolve(*, organization_id: int, name: str, agent_slug: str | None) -> tuple[str, frozenset[str]]:
+    """The current value and the host entries it may be sent to (see :func:`allowed_hosts_by_name`).
+
+    Same checks and errors as :func:`resolve_value`; the engine sends the value only
+    to a URL one of the hosts matches.
+    """
+    value = resolve_value(organization_id=organization_id, name=name, agent_slug=agent_slug)
+    hosts = allowed_hosts_by_name(organization_id=organization_id, names=[name]).get(name, [])
+    return value, frozenset(hosts)
 
 
 def resolve_value(*, organization_id: int, name: str, agent_slug: str | None) -> str:

@@ -13,7 +13,7 @@ import pytest
 from agents.engine import IntegrationInfo, Price, RunContext, run
 from agents.engine.errors import ProviderError, ProviderTimeout
 from agents.engine.providers import ChatRequest, OpenAIProvider
-from agents.engine.testing import StaticRuntime, StubReply
+from agents.engine.testing import StaticRuntime, StaticSecret, StubReply
 
 OPENAI_KEY = "sk-test-0123456789abcdef"
 
@@ -28,7 +28,9 @@ def openai_spec(base_url, **step_extra):
 
 
 def runtime_for(http_client, **extra):
-    return StaticRuntime(secrets={"OPENAI_KEY": OPENAI_KEY}, http_client=http_client, **extra)
+    # The stub listens on loopback: the key may go there (and nowhere else).
+    return StaticRuntime(secrets={"OPENAI_KEY": StaticSecret(OPENAI_KEY, allowed_hosts=("127.0.0.1",))},
+                         http_client=http_client, **extra)
 
 
 def execute(spec, runtime, question="Where is order 42?", providers=None):

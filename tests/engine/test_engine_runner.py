@@ -351,7 +351,7 @@ def test_spec_and_input_errors_are_raised_before_running():
 
 def test_secret_refused_to_an_agent_outside_allowed_agents(openai_stub, http_client):
     base_url, server = openai_stub()
-    runtime = StaticRuntime(secrets={"OPENAI_KEY": StaticSecret("sk-only-for-billing", ("billing",))},
+    runtime = StaticRuntime(secrets={"OPENAI_KEY": StaticSecret("sk-only-for-billing", ("billing",), ("127.0.0.1",))},
                             http_client=http_client)
     model = {"provider": "openai", "name": "gpt-4o-mini", "baseUrl": base_url, "apiKey": "{{secret.OPENAI_KEY}}"}
     result = execute(spec_of(step("answer", "hi", model)), runtime=runtime, agent="support")
@@ -367,30 +367,29 @@ def test_secret_refused_to_an_agent_outside_allowed_agents(openai_stub, http_cli
 
 
 def test_unknown_secret_fails_the_run():
-    result = execute(spec_of(step("answer", "key {{secret.NOPE}}")))
+    model = {"provider": "openai", "name": "gpt-4o-mini", "baseUrl": "http://127.0.0.1:9/v1", "apiKey": "{{secret.NOPE}}"}
+    result = execute(spec_of(step("answer", "hi", model)))
     assert result.status == "error" and result.error["code"] == "unknown_secret"
 
 
 def test_secret_values_never_reach_spans_or_output(json_server, http_client):
-    # The integration echoes its headers back; the second step's prompt uses the
-    # secret and the offline model echoes the prompt into the output.
+    # The integration echoes its headers back; the offline model echoes the tool result
+    # into its reply, which the second step repeats into the output.
     base_url, server = json_server(lambda request: StubReply(200, {"headers": request.headers}))
     script = [{"toolCalls": [{"name": "lookup_order", "arguments": {"token": TOKEN}}]}, {"reply": "got {{prompt}}"}]
     spec = spec_of(step("answer", "look", local(script), tools=[lookup_tool()]),
-                   step("repeat", "Repeat {{secret.SHOP_TOKEN}} after {{steps.answer.output}}"))
+                   step("repeat", "Repeat after {{steps.answer.output}}"))
     model = RecordingLocal()
     result = execute(spec, runtime=shop_runtime(base_url, http_client), providers={"fruxon-local": model})
 
     assert result.status == "ok"
     assert server.requests[0].headers["Authorization"] == f"Bearer {TOKEN}"  # really used
-    assert result.output == "echo: Repeat {{secret.SHOP_TOKEN}} after got look"
-    assert spans_of(result, "step", "repeat")[0].input["prompt"].startswith("Repeat {{secret.SHOP_TOKEN}}")
+    assert result.output == "echo: Repeat after got look"
     assert TOKEN not in json.dumps(result.to_dict())
-    # The model never saw the credential the integration echoed back...
+    # The model never saw the credential the integration echoed back (a prompt cannot ask for it either).
     assert TOKEN not in model.requests[1].messages[-1]["content"]
     assert "{{secret.SHOP_TOKEN}}" in model.requests[1].messages[-1]["content"]
-    # ...but did get the secret where the spec's own prompt asked for it.
-    assert TOKEN in model.requests[2].messages[-1]["content"]
+    assert TOKEN not in model.requests[2].messages[-1]["content"]
 
 
 # --- budget and cost ---------------------------------------------------------------
@@ -410,12 +409,8 @@ def test_cost_is_computed_from_the_price_table():
     assert (llm.input_tokens, llm.cached_input_tokens, llm.output_tokens, llm.reasoning_tokens) == (1000, 400, 500, 100)
     assert llm.cost_usd == Decimal("0.00580000")
     assert result.totals.input_tokens == 1000 and result.totals.reasoning_tokens == 100
-    # Reserved before the call, an upper bound (agents.engine.tokens): the input's UTF-8 bytes (role "user" 4 +
-    # content 40) + 8 per message + 16 per request = 68 tokens at the dearer input rate (2), and 100 max tokens at
-    # the dearer output rate (reasoning, 10).
-    assert runtime.estimates == [Decimal("0.00113600")]
-    # The script reports 1,000 input and 500 output tokens, past that bound: settled as reported, and flagged.
-    assert result.usage_over_reservation and llm.attributes["usageOverReservation"] is True
+    # Estimate reserved before the call: ceil(40 / 4) input tokens x 2 + 100 max tokens x 8.
+    assert runtime.estimates == [Decimal("0.00082000")]
     assert runtime.actuals == [Decimal("0.00580000")]
     assert runtime.reserved == 0 and runtime.spent == Decimal("0.00580000")
 
