@@ -107,9 +107,8 @@ class AllowRule:
         if self.port is not None and port != self.port:
             return False
         candidates = [ip]
-        inner = embedded_ipv4(ip)
-        if inner is not None and isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            candidates.append(inner)  # ::ffff:127.0.0.1 is 127.0.0.1 on the wire
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)  # ::ffff:127.0.0.1 is 127.0.0.1 on the wire
         return any(c.version == self.network.version and c in self.network for c in candidates)
 
     def __str__(self) -> str:
@@ -294,9 +293,12 @@ class AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: typing.Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
-        with anyio.fail_after(timeout):
-            addresses = await anyio.to_thread.run_sync(checked_addresses, host, port, self._policy,
-                                                       abandon_on_cancel=True)
+        try:
+            with anyio.fail_after(timeout):
+                addresses = await anyio.to_thread.run_sync(checked_addresses, host, port, self._policy,
+                                                           abandon_on_cancel=True)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout("the host name could not be resolved in time") from None
         error: Exception | None = None
         for ip in addresses:
             try:
