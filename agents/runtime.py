@@ -29,6 +29,7 @@ from orgs.services import secrets
 
 from . import engine
 from .engine import egress
+from .limits import engine_limits
 from .models import Agent, Revision
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ def http_client() -> httpx.Client:
 
 
 class DjangoRuntime(engine.Runtime):
+    # The run limits of settings (FRUXON_MAX_MODEL_CALLS_PER_RUN, FRUXON_MAX_SPANS_PER_RUN), read when a run starts.
+    limits = property(lambda self: engine_limits())
+
     def __init__(self, *, organization_id: int, agent_id: int, budget=None):
         self.organization_id = organization_id
         self.agent_id = agent_id

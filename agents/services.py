@@ -16,6 +16,7 @@ from orgs.services import audit
 from orgs.services import secrets as secret_services
 
 from . import engine
+from .limits import engine_limits
 from .models import Agent, Revision, RevisionReference
 from .scoping import subagent_refusal
 
@@ -85,7 +86,8 @@ def delete_agent(*, actor: Actor, agent: Agent) -> None:
 
 
 def validate_spec_or_400(spec) -> None:
-    problems = engine.validate_spec(spec)
+    """400 ``invalid_spec`` listing every problem, the configured size limits included (``agents.limits``)."""
+    problems = engine.validate_spec(spec, engine_limits())
     if problems:
         raise InvalidRequest(
             "The spec is invalid: " + "; ".join(f"{p.path}: {p.message}" for p in problems[:10]),

@@ -388,3 +388,21 @@ FRUXON_LOG_REDACT_MAX_VALUES = int(os.environ.get("FRUXON_LOG_REDACT_MAX_VALUES"
 LOGGING.setdefault("filters", {})["redact_secrets"] = {"()": "fruxon.log_redaction.RedactSecrets"}
 for _handler in LOGGING["handlers"].values():
     _handler.setdefault("filters", []).append("redact_secrets")
+
+# --- Request limits and bad input (issue 12, items 7 and 9) ---
+# A NUL in an API URL (path or query) is a 400, refused before any view (fruxon.middleware).
+MIDDLEWARE.insert(MIDDLEWARE.index("fruxon.middleware.RequestTimerMiddleware") + 1,
+                  "fruxon.middleware.RefuseUnstorableURLMiddleware")
+# A JSON body nested deeper than this is a 400 (fruxon.api.parsers). A body over
+# DATA_UPLOAD_MAX_MEMORY_SIZE (Django's, 2.5 MB by default) is a 413 payload_too_large.
+FRUXON_MAX_JSON_DEPTH = int(os.environ.get("FRUXON_MAX_JSON_DEPTH", "64"))
+# Spec and run limits (a spec over one is 400 invalid_spec naming it; a run reaching a run limit
+# stops with status error and the code max_model_calls_per_run or max_spans_per_run).
+FRUXON_MAX_STEPS = int(os.environ.get("FRUXON_MAX_STEPS", "50"))
+FRUXON_MAX_TOOLS_PER_STEP = int(os.environ.get("FRUXON_MAX_TOOLS_PER_STEP", "64"))
+FRUXON_MAX_SUBAGENTS_PER_STEP = int(os.environ.get("FRUXON_MAX_SUBAGENTS_PER_STEP", "16"))
+FRUXON_MAX_SPEC_BYTES = int(os.environ.get("FRUXON_MAX_SPEC_BYTES", str(512 * 1024)))
+FRUXON_MAX_MODEL_CALLS_PER_RUN = int(os.environ.get("FRUXON_MAX_MODEL_CALLS_PER_RUN", "200"))
+FRUXON_MAX_SPANS_PER_RUN = int(os.environ.get("FRUXON_MAX_SPANS_PER_RUN", "2000"))
+# GET /runs/{id} shows at most this many spans (then spansTruncated: true; /runs/{id}/spans pages through all).
+FRUXON_RUN_DETAIL_SPANS = int(os.environ.get("FRUXON_RUN_DETAIL_SPANS", "200"))

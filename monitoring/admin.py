@@ -50,6 +50,7 @@ from orgs.roles import OWNER
 from . import budgets, pricing
 from .models import Budget, Conversation, ModelPrice, Run, Span
 from .services import delete_run
+from .spans import detail_spans
 
 TURNS_ON_CONVERSATION_PAGE = 200
 
@@ -176,13 +177,18 @@ class RunAdmin(RawIdLookupMixin, OrgScopedAdmin):
 
     @admin.display(description="spans")
     def trace(self, obj) -> str:
+        shown, truncated = detail_spans(obj)
         rows = [
             {"span": span, "indent": depth * 1.5, "cost": _usd(span.cost_usd), "tokens": _tokens(span),
              "input": _json_text(span.input), "output": _json_text(span.output), "error": _json_text(span.error),
              "attributes": _json_text(span.attributes) if span.attributes else ""}
-            for span, depth in span_tree(list(obj.spans.order_by("position")))
+            for span, depth in span_tree(shown)
         ]
-        return render_to_string("admin/monitoring/run/trace.html", {"rows": rows})
+        # The same cut as the API's run detail: the first FRUXON_RUN_DETAIL_SPANS spans, then a note.
+        total = obj.spans.count() if truncated else len(shown)
+        return render_to_string("admin/monitoring/run/trace.html", {
+            "rows": rows, "truncated": truncated, "total": total, "shown": len(shown),
+            "spans_url": f"/v1/{obj.organization.slug}/runs/{obj.pk}/spans"})
 
     def delete_model(self, request, obj):
         delete_run(actor=actor_for(request), run=obj)

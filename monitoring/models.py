@@ -61,7 +61,8 @@ class Run(TenantModel):
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     pinned = models.BooleanField(default=False)
-    # The span tree was cut at FRUXON_MAX_SPANS_PER_RUN; every span is still at /runs/{id}/spans.
+    # Not used: whether a run's detail cuts its span tree depends on FRUXON_RUN_DETAIL_SPANS at read time,
+    # so it is computed then (monitoring.spans.detail_spans, `spansTruncated` of GET /runs/{id}).
     spans_truncated = models.BooleanField(default=False)
     # A model call reported more usage than its reservation's bound (recorded as reported, counted).
     usage_over_reservation = models.BooleanField(default=False)

@@ -101,6 +101,7 @@ OBJECTS: dict[str, Target] = {
     "run-detail": Target(lambda w: {"run": w.a_run.id}),
     "run-list": Target(),
     "run-pin": Target(lambda w: {"run": w.a_run.id}),
+    "run-spans": Target(lambda w: {"run": w.a_run.id}),
     "conversation-list": Target(),
     "conversation-detail": Target(lambda w: {"conversation": w.a_run.conversation.key}),
     "org-metrics": Target(),

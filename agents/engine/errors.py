@@ -159,6 +159,18 @@ class SubAgentSpecInvalid(EngineError):
     code = "invalid_spec"
 
 
+class ModelCallLimitReached(EngineError):
+    """The run (sub-runs included) already made its ``Limits.max_model_calls`` model calls."""
+
+    code = "max_model_calls_per_run"
+
+
+class SpanLimitReached(EngineError):
+    """The run (sub-runs included) already recorded its ``Limits.max_spans`` spans."""
+
+    code = "max_spans_per_run"
+
+
 class RunCancelled(EngineError):
     """Another part of the same run failed; parallel work stops at its next check.
 

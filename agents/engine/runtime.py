@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .limits import Limits
 from .spec import DEFAULT_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
@@ -113,9 +114,12 @@ class Runtime(Protocol):
       when the call failed), so a reservation can always be settled.
     * ``http_client``: a shared ``httpx.Client`` for provider and tool calls, or
       ``None`` for the engine's module-level client.
+    * ``limits``: the run limits (:class:`~agents.engine.limits.Limits`: model calls
+      and spans per run), or ``None`` for the engine's defaults.
     """
 
     http_client: httpx.Client | None = None
+    limits: Limits | None = None
 
     def resolve_secret(self, name: str, *, agent: str) -> SecretValue: ...
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .inputs import INPUT_TYPES, type_matches
+from .limits import MAX_SPEC_DEPTH, Limits
 from .templating import iter_references
 
 PROVIDERS = ("openai", "fruxon-local")
@@ -147,15 +148,31 @@ def step_templates(step: Any, path: str) -> Iterator[tuple[str, str, frozenset[s
 
 
 def output_templates(output: Any, path: str = "$.output") -> Iterator[tuple[str, str]]:
-    """Yield ``(path, template)`` for every string inside the output template."""
-    if isinstance(output, str):
-        yield path, output
-    elif isinstance(output, Mapping):
-        for key, value in output.items():
-            yield from output_templates(value, key_path(path, str(key)))
-    elif isinstance(output, list):
-        for index, value in enumerate(output):
-            yield from output_templates(value, f"{path}[{index}]")
+    """Yield ``(path, template)`` for every string inside the output template, in document order."""
+    stack = [(path, output)]  # iterative: a template's nesting is the client's choice
+    while stack:
+        at, value = stack.pop()
+        if isinstance(value, str):
+            yield at, value
+        elif isinstance(value, Mapping):
+            stack.extend(reversed([(key_path(at, str(key)), item) for key, item in value.items()]))
+        elif isinstance(value, list):
+            stack.extend(reversed([(f"{at}[{index}]", item) for index, item in enumerate(value)]))
+
+
+def json_depth(value: Any, stop_after: int) -> int:
+    """How deep ``value`` nests objects and arrays (a scalar is 0), counting no further than ``stop_after + 1``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (Mapping, list)):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            break
+        stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, Mapping) else item))
+    return deepest
 
 
 def _steps(spec: Any) -> list[Any]:
@@ -223,8 +240,9 @@ def _is_int(value: Any) -> bool:
 
 
 class _Validator:
-    def __init__(self, spec: Any):
+    def __init__(self, spec: Any, limits: Limits | None = None):
         self.spec = spec
+        self.limits = limits
         self.problems: list[SpecProblem] = []
         self.inputs: set[str] = set()
         self.step_names: set[str] = set()
@@ -271,6 +289,8 @@ class _Validator:
         spec = self.spec
         if not self.expect_object(spec, "$"):
             return self.problems
+        if self.check_size():  # a spec over a size limit is not walked any further
+            return self.problems
         self.unknown_keys(spec, TOP_KEYS, "$")
         if "description" in spec:
             self.expect_string(spec["description"], "$.description")
@@ -282,6 +302,39 @@ class _Validator:
         if "timeoutSeconds" in spec:
             self.expect_range(spec["timeoutSeconds"], "$.timeoutSeconds", 1, MAX_TIMEOUT_SECONDS, integer=False)
         return self.problems
+
+    def check_size(self) -> bool:
+        """Add the problems of a spec too deep or over a limit; True when it must not be walked further."""
+        spec, limits = self.spec, self.limits
+        if json_depth(spec, MAX_SPEC_DEPTH) > MAX_SPEC_DEPTH:
+            self.add("$", f"nests objects and arrays deeper than {MAX_SPEC_DEPTH} levels")
+            return True
+        if limits is None:
+            return False
+        try:
+            size = len(canonical_json(spec).encode("utf-8"))
+        except (TypeError, ValueError):  # not JSON (NaN, a non-JSON value): the walk reports it
+            size = 0
+        over = False
+        steps = spec.get("steps")
+        if isinstance(steps, list) and len(steps) > limits.max_steps:
+            self.add("$.steps", f"has {len(steps)} steps, over the limit of {limits.max_steps} steps per spec "
+                                f"(FRUXON_MAX_STEPS)")
+            over = True
+        if size > limits.max_spec_bytes:
+            self.add("$", f"is {size} bytes as canonical JSON, over the limit of {limits.max_spec_bytes} bytes "
+                          f"per spec (FRUXON_MAX_SPEC_BYTES)")
+            over = True
+        for index, step in enumerate(steps if isinstance(steps, list) else []):
+            for key, limit, setting in (("tools", limits.max_tools_per_step, "FRUXON_MAX_TOOLS_PER_STEP"),
+                                        ("subAgents", limits.max_subagents_per_step,
+                                         "FRUXON_MAX_SUBAGENTS_PER_STEP")):
+                found = step.get(key) if isinstance(step, Mapping) else None
+                if isinstance(found, list) and len(found) > limit:
+                    self.add(f"$.steps[{index}].{key}", f"has {len(found)} entries, over the limit of {limit} "
+                                                        f"{key} per step ({setting})")
+                    over = True
+        return over
 
     def check_inputs(self, inputs: Any) -> None:
         if not self.expect_object(inputs, "$.inputs"):
@@ -524,27 +577,33 @@ class _Validator:
                 if name in names}
         reported: set[frozenset[str]] = set()
         state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-
-        def visit(name: str, stack: list[str]) -> None:
-            state[name] = 1
-            stack.append(name)
-            for dep in sorted(deps.get(name, ())):
-                if state.get(dep) == 1:
-                    cycle = stack[stack.index(dep):] + [dep]
+        # Depth-first, with an explicit stack: a chain of thousands of steps must not exhaust Python's.
+        for root in sorted(names, key=names.get):
+            if root in state:
+                continue
+            state[root] = 1
+            path, pending = [root], [iter(sorted(deps.get(root, ())))]
+            while pending:
+                dep = next(pending[-1], None)
+                if dep is None:
+                    state[path.pop()] = 2
+                    pending.pop()
+                elif state.get(dep) == 1:
+                    cycle = path[path.index(dep):] + [dep]
                     key = frozenset(cycle)
                     if key not in reported:
                         reported.add(key)
                         self.add(f"$.steps[{names[dep]}]", "dependency cycle between steps: " + " -> ".join(cycle))
                 elif dep not in state:
-                    visit(dep, stack)
-            stack.pop()
-            state[name] = 2
-
-        for name in sorted(names, key=names.get):
-            if name not in state:
-                visit(name, [])
+                    state[dep] = 1
+                    path.append(dep)
+                    pending.append(iter(sorted(deps.get(dep, ()))))
 
 
-def validate_spec(spec: Any) -> list[SpecProblem]:
-    """Return every problem in ``spec`` (empty when valid). Never raises."""
-    return _Validator(spec).run()
+def validate_spec(spec: Any, limits: Limits | None = None) -> list[SpecProblem]:
+    """Return every problem in ``spec`` (empty when valid). Never raises.
+
+    With ``limits`` the spec must also fit them (see :mod:`agents.engine.limits`);
+    a spec nested deeper than ``MAX_SPEC_DEPTH`` is always invalid.
+    """
+    return _Validator(spec, limits).run()

@@ -14,9 +14,16 @@ Contract of :func:`run_step`:
   step's output;
 * a tool call beyond the step's ``maxToolCalls`` (default 8) ends the run with
   ``max_tool_calls``; the excess call is not executed;
-* before every model call the worst-case cost is offered to
-  ``Runtime.before_model_call`` and after it the actual cost to
-  ``Runtime.after_model_call`` (``0`` when the call failed);
+* a model call past the run's ``Limits.max_model_calls`` (sub-runs included) ends
+  the run with ``max_model_calls_per_run``; that call is not made;
+* before every model call the worst-case cost (an upper bound: see
+  :mod:`agents.engine.tokens` and :func:`agents.engine.pricing.estimate_usd`) is
+  offered to ``Runtime.before_model_call`` and after it the actual cost to
+  ``Runtime.after_model_call`` (``0`` when the call failed), even when the
+  provider reported more than the bound; such a call is flagged
+  (``usageOverReservation`` on its span and on the run);
+* a provider's error message is redacted, then cut to :data:`MAX_ERROR_CHARS`,
+  before it is settled, logged or recorded;
 * the returned :class:`StepOutcome` carries the time spent waiting on model
   providers, sub-runs included, for the overhead figure.
 """
@@ -35,10 +42,10 @@ from .destinations import model_base_url
 from .errors import EngineError, MaxToolCallsExceeded, ProviderError, SecretDestinationRefused
 from .pricing import cost_usd, estimate_usd
 from .providers.base import ChatRequest, ChatResponse, ToolCall
-from .spec import DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOOL_CALLS
+from .spec import DEFAULT_MAX_TOOL_CALLS
 from .state import Frame, RunState
 from .templating import render_for_call, render_for_trace
-from .tokens import estimate_input_tokens
+from .tokens import input_token_bound, max_output_tokens
 from .tools import call_tool, require_usable, tool_definition
 
 _CREDENTIAL_MODEL_KEYS = ("apiKey",)
@@ -149,7 +156,8 @@ class _Toolbox:
             integration = require_usable(tool["integration"], self.state.integration(tool["integration"]))
             outcome = call_tool(tool, tool_call.arguments, integration=integration,
                                 resolve_secret=lambda name, url: self.state.secret_to(self.frame.agent, name, url),
-                                client=self.state.client, deadline=self.frame.deadline, shadow=self.state.shadow)
+                                client=self.state.client, deadline=self.frame.deadline, shadow=self.state.shadow,
+                                clip=self.state.redactor.clip)
         except EngineError as exc:
             recorder.finish(span, status=exc.status, error={"code": exc.code, "message": exc.message})
             raise
@@ -162,14 +170,22 @@ class _Toolbox:
         return self.state.redactor.redact_text(outcome.content)
 
 
+# A provider's error message is kept (on spans, the run, the API answer) to this many characters.
+MAX_ERROR_CHARS = 300
+
+
 def _call_model(frame: Frame, state: RunState, span_id: str, model: Mapping[str, Any], trace_model: Mapping[str, Any],
                 conversation: _Conversation, tools: list[dict[str, Any]], context: Mapping[str, Any]) -> ChatResponse:
     frame.check(state)
+    state.count_model_call()  # the run's model-call limit: past it, no span, no reservation, no call
     provider_name = model["provider"]
     model_name = model.get("name", "local")
     price = state.price(provider_name, model_name)
-    max_tokens = model.get("maxTokens", DEFAULT_MAX_TOKENS)
-    estimate = estimate_usd(estimate_input_tokens(conversation.messages, tools), max_tokens, price)
+    # Upper bounds of what the provider can bill (agents.engine.tokens): reserving less lets
+    # concurrent calls add up past a hard cap.
+    max_tokens = max_output_tokens(model)
+    input_bound = input_token_bound(conversation.messages, tools)
+    estimate = estimate_usd(input_bound, max_tokens, price)
     recorder = state.recorder
     span = recorder.start(
         "llm", model_name, span_id, model=model_name, provider=provider_name,
@@ -187,6 +203,11 @@ def _call_model(frame: Frame, state: RunState, span_id: str, model: Mapping[str,
             ChatRequest(model=model, messages=list(conversation.messages), tools=tools, context=context),
             deadline=frame.deadline)
     except BaseException as exc:
+        if isinstance(exc, EngineError):
+            # Redact, then cut, before anything (a log record, the run) holds the message:
+            # a provider's error may quote the key it was sent.
+            exc.message = state.redactor.clip(exc.message, MAX_ERROR_CHARS)
+            exc.args = (exc.message,)
         state.runtime.after_model_call(Decimal(0))
         if isinstance(exc, EngineError):
             spent = exc.provider_ms if isinstance(exc, ProviderError) else 0.0
@@ -194,15 +215,19 @@ def _call_model(frame: Frame, state: RunState, span_id: str, model: Mapping[str,
                             attributes={"providerMs": round(spent, 3)})
         raise
     cost = cost_usd(response.usage, price)
-    state.runtime.after_model_call(cost)
+    state.runtime.after_model_call(cost)  # the actual, even above the reservation: it was billed
     usage = response.usage
+    over = {}
+    if usage.input_tokens > input_bound or usage.output_tokens > max_tokens or cost > estimate:
+        state.usage_over_reservation = True
+        over = {"usageOverReservation": True}
     recorder.finish(
         span,
         output={"content": response.content,
                 "toolCalls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls]},
         input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
         output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens, cost_usd=cost,
-        attributes={"providerMs": round(response.provider_ms, 3)},
+        attributes={"providerMs": round(response.provider_ms, 3), **over},
     )
     return response
 

@@ -5,6 +5,10 @@ it starts (so spans come out in start order) and completed by :meth:`Recorder.fi
 :meth:`Recorder.close` seals the trace: spans still open are marked with the
 given status, and anything a straggling thread records afterwards is dropped,
 so a returned ``RunResult`` never changes under its reader.
+
+A run records at most ``max_spans`` spans (sub-runs included): starting one more
+raises :class:`SpanLimitReached`, which ends the run (nothing past the limit is
+done, since every call out starts its span first).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+from .errors import SpanLimitReached
+from .limits import DEFAULT_LIMITS
 from .result import SpanRecord
 
 
@@ -23,7 +29,8 @@ def _elapsed_ms(started: float) -> float:
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, max_spans: int = DEFAULT_LIMITS.max_spans) -> None:
+        self.max_spans = max_spans
         self._lock = threading.Lock()
         self._spans: list[SpanRecord] = []
         self._open: dict[str, float] = {}  # span id -> monotonic start
@@ -34,6 +41,9 @@ class Recorder:
                           started_at=datetime.now(timezone.utc), **fields)
         with self._lock:
             if not self._closed:
+                if len(self._spans) >= self.max_spans:
+                    raise SpanLimitReached(f"the run reached its limit of {self.max_spans} spans "
+                                           "(FRUXON_MAX_SPANS_PER_RUN); nothing more was done")
                 self._spans.append(span)
                 self._open[span.id] = time.monotonic()
         return span

@@ -33,6 +33,7 @@ from jsonschema.exceptions import ValidationError as SchemaError
 
 from agents import engine
 from agents.engine.spec import key_path
+from agents.limits import engine_limits
 from evaluations.metrics import validate_metrics
 from fruxon.errors import InvalidRequest
 
@@ -135,7 +136,8 @@ def _format_problems(raw: Any) -> list[dict]:
 # --- 3: the API's own rules ----------------------------------------------------------------
 def _spec_problems(spec: dict, at: list) -> list[dict]:
     """The engine's problems, re-rooted from ``$`` (the spec) at ``at`` (its place in the document)."""
-    return [{"path": json_path(at) + p.path[1:], "message": p.message} for p in engine.validate_spec(spec)]
+    return [{"path": json_path(at) + p.path[1:], "message": p.message}
+            for p in engine.validate_spec(spec, engine_limits())]
 
 
 def _serializer_problems(serializer_class, data: dict, at: list) -> tuple[list[dict], dict | None]:

@@ -13,6 +13,7 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -68,6 +69,12 @@ def exception_handler(exc, context):
     if isinstance(exc, FruxonError):
         set_rollback()
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status, headers=getattr(exc, "headers", None))
+    if isinstance(exc, RequestDataTooBig):
+        # Raised when a view first reads a body over DATA_UPLOAD_MAX_MEMORY_SIZE (before parsing it).
+        set_rollback()
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(error_body("payload_too_large", f"The request body is larger than {limit} bytes.",
+                                   {"limitBytes": limit}), status=413)
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -44,7 +44,8 @@ ERROR_SCHEMA = {
 }
 
 _COMMON_ERRORS = {
-    "400": "invalid_request: malformed JSON or failed validation (details.fields names each field)",
+    "400": "invalid_request: malformed JSON (or nested deeper than FRUXON_MAX_JSON_DEPTH), a NUL (%00) in the URL, "
+           "a cursor this list did not hand out, or failed validation (details.fields names each field)",
     "401": "unauthenticated: no or bad credentials",
     "403": "forbidden: the member lacks the role, or the API key the scope, for this method",
     "404": "not_found: unknown org, not a member, unknown object, or another org's object",
@@ -121,6 +122,8 @@ def add_error_responses(result, generator, request, public):
                 wanted.pop("403")
             if "{tenant}" not in path and "{" not in path and method == "get":
                 wanted.pop("404")
+            if method in ("post", "put", "patch"):
+                wanted["413"] = "payload_too_large: the body is over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB by default)"
             for status, description in wanted.items():
                 responses.setdefault(status, _error_response(description))
             if (path, method) in _EGRESS_CHECKED:

@@ -25,17 +25,27 @@ class UsageOut(serializers.Serializer):
     costUsd = serializers.DecimalField(source="cost_usd", max_digits=18, decimal_places=8, coerce_to_string=True)
 
 
-class SpanSerializer(serializers.ModelSerializer):
+class SpanRowSerializer(serializers.ModelSerializer):
+    """One span on its own (GET /runs/{id}/spans): ``parentId`` links it into the tree."""
+
     parentId = serializers.CharField(source="parent_id")
     startedAt = serializers.DateTimeField(source="started_at")
     latencyMs = serializers.IntegerField(source="latency_ms")
     usage = UsageOut(source="*")
-    children = serializers.SerializerMethodField()
 
     class Meta:
         model = Span
         fields = ["id", "parentId", "kind", "name", "status", "startedAt", "latencyMs", "provider", "model",
-                  "input", "output", "error", "attributes", "usage", "children"]
+                  "input", "output", "error", "attributes", "usage"]
+
+
+class SpanSerializer(SpanRowSerializer):
+    """A span in the run detail's tree, with its (shown) children."""
+
+    children = serializers.SerializerMethodField()
+
+    class Meta(SpanRowSerializer.Meta):
+        fields = SpanRowSerializer.Meta.fields + ["children"]
 
     def get_children(self, span) -> list[dict]:
         kids = self.context["children"].get(span.id, [])
@@ -64,13 +74,20 @@ class RunSerializer(serializers.ModelSerializer):
 
 
 class RunDetailSerializer(RunSerializer):
-    spans = serializers.SerializerMethodField(help_text="the span tree: steps, llm calls, tools, sub-agents")
+    """A run whose ``shown_spans`` and ``more_spans`` the view has set (``monitoring.spans.detail_spans``)."""
+
+    spans = serializers.SerializerMethodField(
+        help_text="the span tree (steps, llm calls, tools, sub-agents) of the run's first spans in start order, at "
+                  "most FRUXON_RUN_DETAIL_SPANS (200 by default); every shown span's parent is shown")
+    spansTruncated = serializers.BooleanField(
+        source="more_spans", help_text="true when the run has more spans than the tree shows; "
+                                       "GET /runs/{id}/spans pages through all of them")
 
     class Meta(RunSerializer.Meta):
-        fields = RunSerializer.Meta.fields + ["spans"]
+        fields = RunSerializer.Meta.fields + ["spans", "spansTruncated"]
 
     def get_spans(self, run) -> list[dict]:
-        spans = list(run.spans.all())
+        spans = run.shown_spans
         ids = {span.id for span in spans}
         children: dict[str, list] = {}
         roots = []

@@ -11,6 +11,7 @@ tenant_urls = [
     path("runs", views.RunViewSet.as_view({"get": "list"}), name="run-list"),
     path("runs/<name:run>", views.RunViewSet.as_view({"get": "retrieve"}), name="run-detail"),
     path("runs/<name:run>:pin", views.RunViewSet.as_view({"post": "pin"}), name="run-pin"),
+    path("runs/<name:run>/spans", views.RunSpansViewSet.as_view({"get": "list"}), name="run-spans"),
     path("conversations", views.ConversationViewSet.as_view({"get": "list"}), name="conversation-list"),
     path("conversations/<str:conversation>", views.ConversationViewSet.as_view({"get": "retrieve"}),
          name="conversation-detail"),

@@ -1,4 +1,4 @@
-"""Monitoring endpoints: runs (list, detail with its span tree, pin), conversations, metrics.
+"""Monitoring endpoints: runs (list, detail with its span tree, all spans paginated, pin), conversations, metrics.
 
 Every queryset comes from the tenancy base (scoped to the org); an API key
 limited to some agents sees only those agents' runs, conversations and
@@ -16,6 +16,7 @@ from orgs.roles import EDITOR, VIEWER
 
 from .. import metrics, services
 from ..models import Conversation, Run
+from ..spans import detail_spans
 from . import serializers as s
 
 READ = Access(VIEWER, "runs:read")
@@ -56,9 +57,13 @@ class RunViewSet(OrgScopedViewSet):
         return self.paginated_response()
 
     @extend_schema(responses=s.RunDetailSerializer,
-                   description="The run with its span tree (steps, llm calls, tools, sub-agents).")
+                   description="The run with its span tree (steps, llm calls, tools, sub-agents): the run's first "
+                               "FRUXON_RUN_DETAIL_SPANS spans (200 by default) in start order; `spansTruncated` says "
+                               "when it has more (GET /runs/{id}/spans lists them all).")
     def retrieve(self, request, tenant, run):
-        return Response(s.RunDetailSerializer(self.object).data)
+        found = self.object
+        found.shown_spans, found.more_spans = detail_spans(found)
+        return Response(s.RunDetailSerializer(found).data)
 
     @extend_schema(
         request=s.PinRequest, responses=s.RunSerializer,
@@ -70,6 +75,31 @@ class RunViewSet(OrgScopedViewSet):
         data = validated(s.PinRequest, request.data)
         pinned = services.set_pinned(actor=Actor.from_request(request), run=self.object, pinned=data["pinned"])
         return Response(s.RunSerializer(pinned).data)
+
+
+class RunSpansViewSet(OrgScopedViewSet):
+    """All of one run's spans, in start order, paginated like every list.
+
+    The run in the URL is resolved as GET /runs/{id} resolves it (same org scope,
+    per-agent grants, the API key's agent list): anything else is a 404.
+    """
+
+    queryset = Run.objects.all()
+    serializer_class = s.SpanRowSerializer
+    lookup_url_kwarg = "run"
+    lookup_field = "pk"
+    ordering = ("position",)  # unique within a run: start order, parents before their children
+    access = {"GET": READ}
+    agent_from_object = "agent"
+
+    def refine_queryset(self, queryset):
+        return self.only_keys_agents(queryset.select_related("agent"))
+
+    @extend_schema(responses=s.SpanRowSerializer(many=True),
+                   description="Every span of the run, in start order (a span comes after its parent; `parentId` "
+                               "links the tree), paginated with `?cursor=` and `?limit=`.")
+    def list(self, request, tenant, run):
+        return self.paginated_response(self.object.spans.all())
 
 
 class ConversationViewSet(OrgScopedViewSet):
