@@ -19,7 +19,9 @@ from typing import Any
 import httpx
 
 from .destinations import host_allowed, url_host
+from .errors import ModelCallLimitReached
 from .errors import RunCancelled, RunTimeout, SecretDestinationRefused
+from .limits import DEFAULT_LIMITS
 from .providers.base import Provider
 from .runtime import IntegrationInfo, Price, Runtime, SecretValue
 from .templating import Redactor
@@ -63,12 +65,23 @@ class RunState:
         # without the step module importing the workflow module (which imports it).
         self.execute = execute
         self.client = client
-        self.recorder = Recorder()
+        # The host's run limits (model calls and spans per run, sub-runs included), else the defaults.
+        self.limits = getattr(runtime, "limits", None) or DEFAULT_LIMITS
+        self.recorder = Recorder(max_spans=self.limits.max_spans)
+        self._model_calls = 0
         self.redactor = Redactor()
         self.cancel = threading.Event()
         self.usage_over_reservation = False  # a model call reported more than its reservation's bound
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, ...], Any] = {}
+
+    def count_model_call(self) -> None:
+        """Count one model call of this run; raise :class:`ModelCallLimitReached` past ``limits.max_model_calls``."""
+        with self._lock:
+            if self._model_calls >= self.limits.max_model_calls:
+                raise ModelCallLimitReached(f"the run reached its limit of {self.limits.max_model_calls} model calls "
+                                            "(FRUXON_MAX_MODEL_CALLS_PER_RUN); the next call was not made")
+            self._model_calls += 1
 
     def _cached(self, key: tuple[str, ...], load: Callable[[], Any]) -> Any:
         with self._lock:

@@ -14,6 +14,8 @@ Contract of :func:`run_step`:
   step's output;
 * a tool call beyond the step's ``maxToolCalls`` (default 8) ends the run with
   ``max_tool_calls``; the excess call is not executed;
+* a model call past the run's ``Limits.max_model_calls`` (sub-runs included) ends
+  the run with ``max_model_calls_per_run``; that call is not made;
 * before every model call the worst-case cost (an upper bound: see
   :mod:`agents.engine.tokens` and :func:`agents.engine.pricing.estimate_usd`) is
   offered to ``Runtime.before_model_call`` and after it the actual cost to
@@ -175,6 +177,7 @@ MAX_ERROR_CHARS = 300
 def _call_model(frame: Frame, state: RunState, span_id: str, model: Mapping[str, Any], trace_model: Mapping[str, Any],
                 conversation: _Conversation, tools: list[dict[str, Any]], context: Mapping[str, Any]) -> ChatResponse:
     frame.check(state)
+    state.count_model_call()  # the run's model-call limit: past it, no span, no reservation, no call
     provider_name = model["provider"]
     model_name = model.get("name", "local")
     price = state.price(provider_name, model_name)
