@@ -302,3 +302,45 @@ def test_item9_live_server():
                                       headers={"Content-Type": "application/json"} if body else None)
             assert (response.status_code, response.json()["error"]["code"]) == (status, code), (path, response.text[:300])
     assert _written() == before
+
+
+def test_item9_deep_json_from_outside_a_run():
+    """JSON a run did not write (a provider's answer, an integration's result) is parsed no deeper than 64
+    levels: too deep, a provider's answer is a provider_error and a tool's result is kept as text; never an
+    internal error, never a RecursionError while redacting or recording it."""
+    import httpx as _httpx
+
+    from agents.engine.testing import StaticRuntime, StaticSecret, StubReply, start_json_server
+
+    for depth in (10_000, 500):
+        deep = ("[" * depth + "]" * depth).encode()
+        tool_url, tool_server = start_json_server(lambda request: StubReply(200, deep))
+        model_url, model_server = start_json_server(lambda request: StubReply(200, deep))
+        try:
+            with _httpx.Client(trust_env=False) as client:
+                runtime = StaticRuntime(integrations={"shop": engine.IntegrationInfo("shop", tool_url)},
+                                        secrets={"KEY": StaticSecret("sk-0123456789", allowed_hosts=("127.0.0.1",))},
+                                        http_client=client)
+                local = {"provider": "fruxon-local", "name": "local", "script": [
+                    {"toolCalls": [{"name": "lookup", "arguments": {}}]}, {"reply": "done"}]}
+                spec = {"steps": [{"name": "s", "model": local, "prompt": "go",
+                                   "tools": [{"name": "lookup", "integration": "shop"}]}]}
+                result = engine.run(spec, {}, context=engine.RunContext(agent="a"), runtime=runtime)
+                assert result.status == "ok", result.error
+                tool_span = next(span for span in result.spans if span.kind == "tool")
+                assert isinstance(tool_span.output, str) and tool_span.output.startswith("[[[")
+
+                remote = {"provider": "openai", "name": "m", "baseUrl": model_url, "apiKey": "{{secret.KEY}}"}
+                spec = {"steps": [{"name": "s", "model": remote, "prompt": "go"}]}
+                result = engine.run(spec, {}, context=engine.RunContext(agent="a"), runtime=runtime,
+                                    providers={"openai": engine_openai(client)})
+                assert (result.status, result.error["code"]) == ("error", "provider_error"), result.error
+        finally:
+            tool_server.close()
+            model_server.close()
+
+
+def engine_openai(client):
+    from agents.engine.providers import OpenAIProvider
+
+    return OpenAIProvider(client, backoff_base=0.01)

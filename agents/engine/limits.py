@@ -21,9 +21,15 @@ when the host passes nothing.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 MAX_SPEC_DEPTH = 64
+# JSON from outside a run's control (a provider's answer, an integration's result, a model's tool
+# arguments) is parsed no deeper than this: the engine's walks over it (redaction, recording) recurse.
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -37,3 +43,32 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def json_depth(value: Any, stop_after: int) -> int:
+    """How deep ``value`` nests objects and arrays (a scalar is 0), counting no further than ``stop_after + 1``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (Mapping, list)):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            break
+        stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, Mapping) else item))
+    return deepest
+
+
+def loads_bounded(text: str | bytes, **kwargs: Any) -> Any:
+    """``json.loads`` for JSON from outside: ``ValueError`` (as for any malformed JSON) when it nests deeper
+    than :data:`MAX_JSON_DEPTH`, or too deep for Python's decoder (which raises ``RecursionError``)."""
+    try:
+        value = json.loads(text, **kwargs)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    opening = (b"[", b"{") if isinstance(text, bytes) else ("[", "{")
+    # Only a document with more brackets than the limit can be that deep: only such a one is measured.
+    if sum(text.count(bracket) for bracket in opening) > MAX_JSON_DEPTH and json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value

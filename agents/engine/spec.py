@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .inputs import INPUT_TYPES, type_matches
-from .limits import MAX_SPEC_DEPTH, Limits
+from .limits import MAX_SPEC_DEPTH, Limits, json_depth
 from .templating import iter_references
 
 PROVIDERS = ("openai", "fruxon-local")
@@ -158,21 +158,6 @@ def output_templates(output: Any, path: str = "$.output") -> Iterator[tuple[str,
             stack.extend(reversed([(key_path(at, str(key)), item) for key, item in value.items()]))
         elif isinstance(value, list):
             stack.extend(reversed([(f"{at}[{index}]", item) for index, item in enumerate(value)]))
-
-
-def json_depth(value: Any, stop_after: int) -> int:
-    """How deep ``value`` nests objects and arrays (a scalar is 0), counting no further than ``stop_after + 1``."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if not isinstance(item, (Mapping, list)):
-            continue
-        deepest = max(deepest, depth)
-        if deepest > stop_after:
-            break
-        stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, Mapping) else item))
-    return deepest
 
 
 def _steps(spec: Any) -> list[Any]:

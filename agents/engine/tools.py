@@ -35,6 +35,7 @@ import httpx
 
 from . import egress
 from .errors import IntegrationUnavailable, RunTimeout
+from .limits import loads_bounded
 from .runtime import IntegrationInfo
 from .transport import DeadlineReached, ResponseTooLarge, post_json
 
@@ -78,8 +79,8 @@ def _error(message: str, **extra: Any) -> ToolOutcome:
 
 def _parsed(text: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError:
+        return loads_bounded(text)
+    except ValueError:  # not JSON, or nested too deep to walk: kept as text
         return text
 
 

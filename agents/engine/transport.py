@@ -15,7 +15,6 @@ Contract of :func:`post_json`:
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 
 from . import egress
+from .limits import loads_bounded
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -66,7 +66,7 @@ class HttpReply:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        return loads_bounded(self.body)  # ValueError when not JSON, or nested too deep to walk
 
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")

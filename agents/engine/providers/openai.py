@@ -26,7 +26,6 @@ retries, with :data:`..egress.DENIED_MESSAGE`.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +35,7 @@ import httpx
 
 from .. import egress
 from ..errors import ProviderError, ProviderTimeout
+from ..limits import loads_bounded
 from ..tokens import max_output_tokens
 from ..transport import DeadlineReached, HttpReply, ResponseTooLarge, default_client, post_json
 from .base import ChatRequest, ChatResponse, ToolCall, Usage
@@ -109,7 +109,7 @@ def parse_tool_calls(raw: Any) -> list[ToolCall]:
         arguments: Any
         error = None
         try:
-            arguments = (json.loads(arguments_text, parse_constant=_reject_constant)
+            arguments = (loads_bounded(arguments_text, parse_constant=_reject_constant)
                          if isinstance(arguments_text, str) else arguments_text)
         except ValueError:
             arguments, error = {}, "arguments are not valid JSON"
