@@ -45,6 +45,7 @@ from guardian.models import UserObjectPermission
 
 from fruxon import egress
 from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, org_roles, orgs_with_role
+from fruxon.api.parsers import BoundedJSONDecoder
 from fruxon.errors import InvalidRequest
 from monitoring.models import Conversation, Run
 from orgs.roles import EDITOR, OWNER, RANK, role_at_least
@@ -310,6 +311,7 @@ class RevisionAddForm(OrgScopedModelForm):
     """
 
     spec = forms.JSONField(
+        decoder=BoundedJSONDecoder,  # JSON nested too deep is invalid input, not a RecursionError
         widget=forms.Textarea(attrs={"rows": 24, "cols": 100, "class": "vLargeTextField", "spellcheck": "false"}),
         help_text="The workflow spec as JSON. Write secrets as {{secret.NAME}}; values are never stored in a spec.",
     )

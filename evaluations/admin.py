@@ -41,6 +41,7 @@ from agents.admin import RawIdLookupMixin, admin_link, editable_agents, may_edit
 from agents.admin_deploy import may
 from agents.models import Revision
 from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, orgs_with_role
+from fruxon.api.parsers import BoundedJSONDecoder
 from fruxon.errors import FruxonError, InvalidRequest
 from orgs.admin import CommaSeparatedField
 from orgs.roles import EDITOR, VIEWER
@@ -80,7 +81,7 @@ class JsonTextarea(forms.Textarea):
 
 class DatasetForm(OrgScopedModelForm):
     metrics = forms.JSONField(
-        widget=JsonTextarea(10), initial=[{"type": "exact"}],
+        decoder=BoundedJSONDecoder, widget=JsonTextarea(10), initial=[{"type": "exact"}],
         help_text='A JSON list, e.g. [{"type": "exact"}, {"type": "contains", "values": ["refund"]}, '
                   '{"type": "latencyCeiling", "maxMs": 2000}].')
 
@@ -194,9 +195,9 @@ class DatasetChoiceField(forms.ModelChoiceField):
 
 
 class CaseForm(OrgScopedModelForm):
-    input = forms.JSONField(widget=JsonTextarea(6),
+    input = forms.JSONField(decoder=BoundedJSONDecoder, widget=JsonTextarea(6),
                             help_text='The agent\'s input as a JSON object: {"question": "..."}')
-    expected = forms.JSONField(required=False, widget=JsonTextarea(6),
+    expected = forms.JSONField(required=False, decoder=BoundedJSONDecoder, widget=JsonTextarea(6),
                                help_text='What the metrics compare with: a JSON value ("text", {...}, 42); '
                                          "empty for none.")
     tags = CommaSeparatedField(required=False, item_validators=[MaxLengthValidator(50)],

@@ -344,3 +344,21 @@ def engine_openai(client):
     from agents.engine.providers import OpenAIProvider
 
     return OpenAIProvider(client, backoff_base=0.01)
+
+
+def test_item9_deep_json_in_admin_forms(world):
+    """The admin's JSON fields (a revision's spec, here) answer a form error for JSON nested too deep."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(world.a_users["editor"])
+    agent = Agent.objects.get(organization=world.a, slug="alpha-agent")
+    before = _written()
+    for depth in (10_000, 70):
+        spec = "[" * depth + "]" * depth
+        response = client.post(reverse("admin:agents_revision_add"),
+                               {"agent": str(agent.pk), "message": "deep", "spec": spec})
+        assert response.status_code == 200, response.status_code
+        errors = response.context["adminform"].form.errors["spec"]
+        assert errors == ["Enter a valid JSON."], errors
+    assert _written() == before

@@ -18,6 +18,7 @@ is measured.
 from __future__ import annotations
 
 import io
+import json
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
@@ -72,3 +73,21 @@ class StoredJSONParser(JSONParser):
         if UNSTORABLE_ESCAPE_BYTES.search(raw) and _holds_unstorable(data):
             raise ParseError("strings may not contain the NUL character (\\u0000) or lone surrogates.")
         return data
+
+
+class BoundedJSONDecoder(json.JSONDecoder):
+    """The same depth bound for JSON typed into a form (``forms.JSONField(decoder=...)`` in the admin).
+
+    Django's form field turns a ``JSONDecodeError`` into "Enter a valid JSON." but lets a
+    ``RecursionError`` through (a 500); this decoder raises the former for both kinds of too deep.
+    """
+
+    def decode(self, s, *args, **kwargs):
+        limit = settings.FRUXON_MAX_JSON_DEPTH
+        try:
+            value = super().decode(s, *args, **kwargs)
+        except RecursionError:
+            raise json.JSONDecodeError(f"nested deeper than {limit} levels", s, 0) from None
+        if s.count("[") + s.count("{") > limit and json_depth_exceeds(value, limit):
+            raise json.JSONDecodeError(f"nested deeper than {limit} levels", s, 0)
+        return value
