@@ -86,8 +86,12 @@ def _parsed(text: str) -> Any:
 
 def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration: IntegrationInfo,
               resolve_secret: Callable[[str, str], str], client: httpx.Client, deadline: float,
-              shadow: bool) -> ToolOutcome:
+              shadow: bool, clip: Callable[[str, int], str] | None = None) -> ToolOutcome:
     """Call one tool on a usable integration (see the module contract).
+
+    ``clip(text, limit)`` cuts the answer's text where it is kept; the engine
+    passes :meth:`~agents.engine.templating.Redactor.clip`, which redacts the
+    run's secrets before it cuts (an integration may echo the credential).
 
     ``resolve_secret(name, url)`` returns the credential's value for a request to
     ``url``, or raises (:class:`~agents.engine.errors.SecretDestinationRefused`) before
@@ -118,13 +122,14 @@ def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration
         return outcome
 
     text = reply.text()
+    cut = clip or (lambda value, limit: value[:limit])
     attributes["httpStatus"] = reply.status
     if 200 <= reply.status < 300:
         if len(text) > MAX_RESULT_CHARS:
             attributes["truncated"] = True
-            text = text[:MAX_RESULT_CHARS]
+            text = cut(text, MAX_RESULT_CHARS)
         return ToolOutcome(content=text, status="ok", output=_parsed(text), attributes=attributes)
     outcome = _error(f"integration {integration.slug!r} answered HTTP {reply.status}", status=reply.status,
-                     body=_parsed(text[:2000]))
+                     body=_parsed(cut(text, 2000)))
     outcome.attributes.update(attributes)
     return outcome

@@ -409,8 +409,12 @@ def test_cost_is_computed_from_the_price_table():
     assert (llm.input_tokens, llm.cached_input_tokens, llm.output_tokens, llm.reasoning_tokens) == (1000, 400, 500, 100)
     assert llm.cost_usd == Decimal("0.00580000")
     assert result.totals.input_tokens == 1000 and result.totals.reasoning_tokens == 100
-    # Estimate reserved before the call: ceil(40 / 4) input tokens x 2 + 100 max tokens x 8.
-    assert runtime.estimates == [Decimal("0.00082000")]
+    # Reserved before the call, an upper bound (agents.engine.tokens): the input's UTF-8 bytes (role "user" 4 +
+    # content 40) + 8 per message + 16 per request = 68 tokens at the dearer input rate (2), and 100 max tokens at
+    # the dearer output rate (reasoning, 10).
+    assert runtime.estimates == [Decimal("0.00113600")]
+    # The script reports 1,000 input and 500 output tokens, past that bound: settled as reported, and flagged.
+    assert result.usage_over_reservation and llm.attributes["usageOverReservation"] is True
     assert runtime.actuals == [Decimal("0.00580000")]
     assert runtime.reserved == 0 and runtime.spent == Decimal("0.00580000")
 
