@@ -48,12 +48,15 @@ class RequestTimerMiddleware:
 
 
 class RefuseUnstorableURLMiddleware:
-    """An API URL whose path or query holds a NUL (``%00``) answers 400 ``invalid_request``.
+    """A URL whose path or query holds a NUL (``%00``) answers 400 ``invalid_request``.
 
     PostgreSQL cannot store or compare text holding NUL, so such a value used as
-    a lookup (``/runs/%00``, ``/v1/%00/agents``, ``?agent=%00``) would fail in the
-    database with a 500. No object's name or filter value can hold one, so the
-    request is refused here, once for every ``/v1`` route, before any view runs.
+    a lookup (``/v1/acme/runs/%00``, ``/v1/%00/agents``, ``?agent=%00``, the
+    admin's ``/admin/monitoring/run/%00/change/``) would fail in the database
+    with a 500. No object's name or filter value can hold one, so the request is
+    refused here, once for every route (API and admin alike, in the error shape
+    every 400 of the project has, see ``fruxon.api.errors.handler400``), before
+    any view runs.
     (Lone surrogates cannot reach this point: Django decodes URLs with
     replacement; JSON bodies are the parser's business.)
     """
@@ -77,8 +80,6 @@ class RefuseUnstorableURLMiddleware:
 
 
 def _refuse_unstorable(request):
-    if not request.path.startswith("/v1/"):
-        return None
     where = None
     if UNSTORABLE_CHAR.search(request.path):
         where = "path"

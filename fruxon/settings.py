@@ -390,7 +390,7 @@ for _handler in LOGGING["handlers"].values():
     _handler.setdefault("filters", []).append("redact_secrets")
 
 # --- Request limits and bad input (issue 12, items 7 and 9) ---
-# A NUL in an API URL (path or query) is a 400, refused before any view (fruxon.middleware).
+# A NUL in a URL (path or query; API and admin) is a 400, refused before any view (fruxon.middleware).
 MIDDLEWARE.insert(MIDDLEWARE.index("fruxon.middleware.RequestTimerMiddleware") + 1,
                   "fruxon.middleware.RefuseUnstorableURLMiddleware")
 # A JSON body nested deeper than this is a 400 (fruxon.api.parsers). A body over

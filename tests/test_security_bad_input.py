@@ -99,9 +99,19 @@ def test_item9_nul_in_path_parts(world, owner_a, admin_key_a, name):
     assert _written() == before
 
 
-def test_item9_nul_in_path_parts_of_unknown_routes(owner_a):
+def test_item9_nul_in_path_parts_of_unknown_routes_and_the_admin(world, owner_a):
     for path in ("/v1/acme/runs/%00", "/v1/%00/agents", "/v1/alpha/%00", "/v1/alpha/agents/%00/nothing-here"):
         _assert_error(owner_a.get(path), 400, "invalid_request")
+    from django.test import Client
+
+    admin = Client()
+    admin.force_login(world.a_users["owner"])
+    before = _written()
+    for path in ("/admin/monitoring/run/%00/change/", f"/admin/monitoring/run/{world.a_run.id}%00/delete/",
+                 "/admin/agents/agent/%00/change/", "/admin/monitoring/run/?q=%00"):
+        _assert_error(admin.get(path), 400, "invalid_request")
+    _assert_error(admin.post("/admin/monitoring/run/%00/delete/", {"post": "yes"}), 400, "invalid_request")
+    assert _written() == before
 
 
 # --- NUL in query filters ---------------------------------------------------------------------------------
