@@ -149,6 +149,10 @@ def test_item2_secret_to_foreign_host_refused_on_import(org, support, owner, own
     document = owner_client.get("/v1/source/export").json()
     f.secret(org, "OPENAI_KEY", VALUE, allowed_hosts=["api.openai.com"])
     before = Revision.objects.filter(organization=org).count(), AuditEvent.objects.filter(organization=org).count()
+    dry = owner_client.post("/v1/acme/import?dryRun=true", document, format="json")
+    assert dry.status_code == 200, dry.content
+    assert any("would send secret OPENAI_KEY ($.steps[0].model.apiKey) to evil.example" in w
+               for w in dry.json()["plan"]["warnings"])
     response = owner_client.post("/v1/acme/import", document, format="json")
     assert response.status_code == 400, response.content
     assert response.json()["error"]["code"] == "secret_destination"

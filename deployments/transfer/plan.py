@@ -313,4 +313,31 @@ def build_plan(organization: Organization, document: ValidDocument, *, deploy: b
     _agents(plan, organization, document)
     _deploy_order(plan, document)
     _references(plan, organization, document, secrets)
+    _secret_destinations(plan, organization)
     return plan
+
+
+def _secret_destinations(plan: Plan, org: Organization) -> None:
+    """Warn about each revision to create that would send a target secret to a host it does not allow
+    (applying is then refused with 400 ``secret_destination``). The integrations the import creates count."""
+    from agents.engine import destinations
+    from orgs.services import secrets as secret_services
+
+    uses = {(step.agent, step.doc["id"]): destinations.secret_destinations(step.doc["spec"])
+            for step in plan.revision_steps if not step.target_id}
+    names = {use.secret for found in uses.values() for use in found}
+    if not names:
+        return
+    allowed = {name: set(hosts) for name, hosts in
+               secret_services.allowed_hosts_by_name(organization_id=org.pk, names=names).items()}
+    for item in plan.new_integrations:
+        host = destinations.url_host((item.get("config") or {}).get("baseUrl"))
+        if host is not None and item.get("credentialsSecret") in allowed:
+            allowed[item["credentialsSecret"]].add(str(host))
+    for (agent, revision_id), found in sorted(uses.items()):
+        for use in destinations.disallowed_uses(found, allowed):
+            plan.warnings.append(
+                f"{agent} revision {revision_id} would send secret {use.secret} ({use.path}) to "
+                f"{use.host or 'a host not fixed in the spec'}, which the target's secret does not allow: "
+                "the import would be refused (secret_destination)")
+    plan.warnings = sorted(set(plan.warnings))
