@@ -280,6 +280,32 @@ def test_item2_integration_host_allowed(org, support, editor, api):
     assert refused.json()["error"]["details"]["host"] == "api.openai.com"
 
 
+def test_item2_llm_judge_secret_to_foreign_host_refused(org, editor, api):
+    """An llmJudge metric's model is a model like an agent's: its secrets go only to allowed hosts."""
+    from evaluations.models import Dataset
+
+    f.secret(org, "OPENAI_KEY", VALUE, allowed_hosts=["api.openai.com"])
+    client = api.as_user(editor)
+
+    def judge(base_url):
+        return {"slug": "golden", "metrics": [{"type": "exact"}, {
+            "type": "llmJudge", "rubric": "Polite.", "threshold": 0.5,
+            "model": {"provider": "openai", "name": "gpt-4o-mini", "baseUrl": base_url,
+                      "apiKey": "{{secret.OPENAI_KEY}}"}}]}
+
+    refused = client.post("/v1/acme/datasets", judge("http://evil.example/v1"), format="json")
+    assert refused.status_code == 400, refused.content
+    error = refused.json()["error"]
+    assert error["code"] == "secret_destination" and error["details"]["host"] == "evil.example"
+    assert error["details"]["path"] == "$.metrics[1].model.apiKey"
+    assert not Dataset.objects.exists()
+    assert client.post("/v1/acme/datasets", judge("https://api.openai.com/v1"), format="json").status_code == 201
+    patched = client.patch("/v1/acme/datasets/golden", {"metrics": judge("http://evil.example/v1")["metrics"]},
+                           format="json")
+    assert patched.status_code == 400 and patched.json()["error"]["code"] == "secret_destination"
+    assert Dataset.objects.get(slug="golden").metrics[1]["model"]["baseUrl"] == "https://api.openai.com/v1"
+
+
 # --- upgrade ---------------------------------------------------------------------------------------
 def test_item2_backfill_migration_keeps_deployed_agents_working(org):
     migration = importlib.import_module(BACKFILL)

@@ -10,6 +10,7 @@ from monitoring.models import Run
 from orgs.actor import Actor
 from orgs.models import Organization
 from orgs.services import audit
+from orgs.services import secrets as secret_services
 
 from .. import metrics as metric_lib
 from ..models import Case, Dataset, EvaluationRun
@@ -25,10 +26,19 @@ def _check_metrics(metrics: list) -> None:
             egress.check_url(metric["model"].get("baseUrl"), f"metrics[{index}].model.baseUrl")
 
 
+def _check_judge_secrets(organization_id: int, metrics: list) -> None:
+    """400 secret_destination: an llmJudge model sends a secret only to a host it allows, as an agent's model."""
+    for index, metric in enumerate(metrics):
+        if isinstance(metric.get("model"), dict):
+            secret_services.check_destinations(organization_id=organization_id, spec={"steps": [{"model": metric["model"]}]},
+                                               model_path=f"$.metrics[{index}].model")
+
+
 def create_dataset(*, actor: Actor, organization: Organization, slug: str, name: str = "", description: str = "",
                    metrics: list | None = None, pass_threshold: float = 1.0) -> Dataset:
     metrics = metrics if metrics is not None else [{"type": "exact"}]
     _check_metrics(metrics)
+    _check_judge_secrets(organization.pk, metrics)
     try:
         with transaction.atomic():
             dataset = Dataset.objects.create(organization=organization, slug=slug, name=name or slug,
@@ -44,6 +54,7 @@ def create_dataset(*, actor: Actor, organization: Organization, slug: str, name:
 def update_dataset(*, actor: Actor, dataset: Dataset, changes: dict) -> Dataset:
     if "metrics" in changes:
         _check_metrics(changes["metrics"])
+        _check_judge_secrets(dataset.organization_id, changes["metrics"])
     with transaction.atomic():
         locked = Dataset.objects.select_for_update().get(pk=dataset.pk)
         for field, value in changes.items():

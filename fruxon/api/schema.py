@@ -66,6 +66,11 @@ _EGRESS_CHECKED = {
 EGRESS_DENIED = ("egress_denied: {what} is not an http(s) URL, carries a user name or password, or names "
                  "localhost or an internal address (loopback, private, link-local, cloud metadata) that "
                  "FRUXON_EGRESS_ALLOW does not allow (details.fields names it)")
+# Operations that store an llmJudge model (orgs.services.secrets.check_destinations): 400 secret_destination too.
+# (Revision create, import and promote document it on their own views.)
+_SECRET_DESTINATION_CHECKED = {("/v1/{tenant}/datasets", "post"), ("/v1/{tenant}/datasets/{dataset}", "patch")}
+SECRET_DESTINATION = ("secret_destination: an llmJudge metric's model would send a secret to a host outside its "
+                      "allowedHosts and its integrations' hosts (details: secret, path, host); nothing written")
 # Operations anyone may call: no 403 (a bad API key or token sent along is still a 401).
 _ANONYMOUS = {("/v1/auth/token", "post")}
 _METHODS = ("get", "put", "post", "patch", "delete")
@@ -130,4 +135,8 @@ def add_error_responses(result, generator, request, public):
                 bad_request = responses["400"]
                 bad_request["description"] = "; ".join(filter(None, [
                     bad_request.get("description"), EGRESS_DENIED.format(what=_EGRESS_CHECKED[path, method])]))
+            if (path, method) in _SECRET_DESTINATION_CHECKED:
+                bad_request = responses["400"]
+                bad_request["description"] = "; ".join(filter(None, [bad_request.get("description"),
+                                                                      SECRET_DESTINATION]))
     return result

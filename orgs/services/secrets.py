@@ -148,16 +148,20 @@ def allowed_hosts_by_name(*, organization_id: int, names) -> dict[str, list[str]
     return {name: sorted(set(hosts or []) | extra[name]) for name, hosts in rows.items()}
 
 
-def check_destinations(*, organization_id: int, spec) -> None:
+def check_destinations(*, organization_id: int, spec, model_path: str | None = None) -> None:
     """400 ``secret_destination`` if the spec would send an existing secret to a host it does not allow.
 
     Every credential use (a model's ``apiKey`` and headers) is checked against the
     secret's allowed hosts and its integrations' hosts; the error names the secret,
     the position and the host of the first offending use (``details.uses`` lists all).
     A secret that does not exist yet is not checked here (readiness reports it
-    missing, and the engine checks the hosts again at call time).
+    missing, and the engine checks the hosts again at call time). ``model_path``
+    names the position of a lone model passed as ``{"steps": [{"model": ...}]}``.
     """
     uses = destinations.secret_destinations(spec)
+    if model_path:  # a model outside a revision (an llmJudge metric's): name its own position
+        uses = [destinations.SecretUse(u.secret, u.path.replace("$.steps[0].model", model_path, 1), u.host)
+                for u in uses]
     if not uses:
         return
     allowed = allowed_hosts_by_name(organization_id=organization_id, names={u.secret for u in uses})
