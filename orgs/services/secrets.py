@@ -185,8 +185,8 @@ def resolve(*, organization_id: int, name: str, agent_slug: str | None) -> tuple
     Same checks and errors as :func:`resolve_value`; the engine sends the value only
     to a URL one of the hosts matches.
     """
-    value = resolve_value(organization_id=organization_id, name=name, agent_slug=agent_slug)
-    hosts = allowed_hosts_by_name(organization_id=organization_id, names=[name]).get(name, [])
+    secret, value = _resolve(organization_id=organization_id, name=name, agent_slug=agent_slug)
+    hosts = set(secret.allowed_hosts or []) | integration_hosts(organization_id=organization_id, names=[name])[name]
     return value, frozenset(hosts)
 
 
@@ -197,10 +197,14 @@ def resolve_value(*, organization_id: int, name: str, agent_slug: str | None) ->
     org rather than to one agent. Raises NotFound or SecretNotAllowed, whose
     messages name the secret but never contain its value.
     """
+    return _resolve(organization_id=organization_id, name=name, agent_slug=agent_slug)[1]
+
+
+def _resolve(*, organization_id: int, name: str, agent_slug: str | None) -> tuple[Secret, str]:
     secret = Secret.objects.filter(organization_id=organization_id, name=name).first()
     if secret is None or secret.current_version == 0:
         raise NotFound(f"Secret '{name}' does not exist in this organization.", code="unknown_secret")
     if agent_slug is not None and not secret.allows_agent(agent_slug):
         raise SecretNotAllowed(f"Agent '{agent_slug}' is not in the allowedAgents of secret '{name}'.")
     version = SecretVersion.objects.get(secret=secret, version=secret.current_version)
-    return crypto.decrypt(version.ciphertext)
+    return secret, crypto.decrypt(version.ciphertext)
