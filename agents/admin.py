@@ -49,6 +49,7 @@ from fruxon.api.parsers import BoundedJSONDecoder
 from fruxon.errors import InvalidRequest
 from monitoring.models import Conversation, Run
 from orgs.roles import EDITOR, OWNER, RANK, role_at_least
+from orgs.services import secrets as secret_services
 
 from . import services
 from .diff import diff_specs
@@ -326,6 +327,9 @@ class RevisionAddForm(OrgScopedModelForm):
         try:
             services.validate_spec_or_400(spec)
             egress.check_spec(spec)  # as create_revision refuses it
+            agent = self.cleaned_data.get("agent")
+            if agent is not None:  # as create_revision refuses it: 400 secret_destination
+                secret_services.check_destinations(organization_id=agent.organization_id, spec=spec)
         except InvalidRequest as exc:
             problems = exc.details.get("problems") or []
             raise ValidationError([f"{p['path']}: {p['message']}" for p in problems] or [exc.message]) from None

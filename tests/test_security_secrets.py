@@ -135,6 +135,20 @@ def test_item2_secret_to_foreign_host_refused_at_creation(org, support, editor, 
     assert Revision.objects.count() == 3
 
 
+def test_item2_secret_to_foreign_host_refused_in_the_admin(org, support, editor):
+    from .test_admin_agents import login, revision_form, url
+
+    f.secret(org, "OPENAI_KEY", VALUE, allowed_hosts=["api.openai.com"])
+    response = login(editor).post(url("agents.revision", "add"),
+                                  revision_form(support, openai_spec("http://evil.example/v1")))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["spec"]
+    assert any("OPENAI_KEY" in e and "evil.example" in e and "$.steps[0].model.apiKey" in e for e in errors), errors
+    assert not Revision.objects.exists() and not AuditEvent.objects.filter(action="revision.created").exists()
+    saved = login(editor).post(url("agents.revision", "add"), revision_form(support, openai_spec()))
+    assert saved.status_code == 302 and Revision.objects.count() == 1
+
+
 def test_item2_secret_to_foreign_host_refused_on_import(org, support, owner, owner_client):
     """Import (and so promotion, which imports) creates revisions through the same check; nothing is written."""
     source = f.OrganizationFactory(slug="source")
