@@ -164,11 +164,11 @@ class GrantViewSet(OrgScopedViewSet):
         found, role, created = grants.set_grant(actor=_actor(request), agent=self.agent, username=user, role=data["role"])
         return Response({"user": found.username, "role": role}, status=201 if created else 200)
 
+    @extend_schema(responses={204: None, 403: OpenApiResponse(
+        description="forbidden: the grant is more than the caller holds on this agent")})
     def destroy(self, request, tenant, agent, user):
         grants.remove_grant(actor=_actor(request), agent=self.agent, username=user)
         return Response(status=status.HTTP_204_NO_CONTENT)
-    @extend_schema(responses={204: None, 403: OpenApiResponse(
-        description="forbidden: the grant is more than the caller holds on this agent")})
 
 
 _EXECUTE_LIMITS = {"revisionId": 20, "conversationId": 64}
