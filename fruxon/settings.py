@@ -306,6 +306,63 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
 }
 
+# --- Access control: login throttling, personal tokens (issue 12 items 5 and 11) -------------------
+# Proxies whose X-Forwarded-For is believed (comma-separated IPs or CIDRs). None by default:
+# REMOTE_ADDR is the client. Set it to your load balancer's addresses when one sits in front.
+FRUXON_TRUSTED_PROXIES = env_list("FRUXON_TRUSTED_PROXIES")
+for _proxy in FRUXON_TRUSTED_PROXIES:  # fail at start, not at the first login
+    try:
+        __import__("ipaddress").ip_network(_proxy, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"FRUXON_TRUSTED_PROXIES: {_exc}") from None
+# Failed logins (API token and admin form) before the account / the client address is locked,
+# and the window (seconds) they are counted in and a lock lasts.
+FRUXON_LOGIN_MAX_FAILURES_PER_ACCOUNT = int(os.environ.get("FRUXON_LOGIN_MAX_FAILURES_PER_ACCOUNT", "10"))
+FRUXON_LOGIN_MAX_FAILURES_PER_ADDRESS = int(os.environ.get("FRUXON_LOGIN_MAX_FAILURES_PER_ADDRESS", "30"))
+FRUXON_LOGIN_WINDOW_SECONDS = int(os.environ.get("FRUXON_LOGIN_WINDOW_SECONDS", "900"))
+# Personal tokens (fxu_) end this many hours after they are issued (and when the password changes).
+FRUXON_USER_TOKEN_TTL_HOURS = int(os.environ.get("FRUXON_USER_TOKEN_TTL_HOURS", "720"))
+
+# --- Request limits and bad input (issue 12, items 7 and 9) ---
+# A NUL in a URL (path or query; API and admin) is a 400, refused before any view (fruxon.middleware).
+MIDDLEWARE.insert(MIDDLEWARE.index("fruxon.middleware.RequestTimerMiddleware") + 1,
+                  "fruxon.middleware.RefuseUnstorableURLMiddleware")
+# A JSON body nested deeper than this is a 400 (fruxon.api.parsers). A body over
+# DATA_UPLOAD_MAX_MEMORY_SIZE (Django's, 2.5 MB by default) is a 413 payload_too_large.
+FRUXON_MAX_JSON_DEPTH = int(os.environ.get("FRUXON_MAX_JSON_DEPTH", "64"))
+# Spec and run limits (a spec over one is 400 invalid_spec naming it; a run reaching a run limit
+# stops with status error and the code max_model_calls_per_run or max_spans_per_run).
+FRUXON_MAX_STEPS = int(os.environ.get("FRUXON_MAX_STEPS", "50"))
+FRUXON_MAX_TOOLS_PER_STEP = int(os.environ.get("FRUXON_MAX_TOOLS_PER_STEP", "64"))
+FRUXON_MAX_SUBAGENTS_PER_STEP = int(os.environ.get("FRUXON_MAX_SUBAGENTS_PER_STEP", "16"))
+FRUXON_MAX_SPEC_BYTES = int(os.environ.get("FRUXON_MAX_SPEC_BYTES", str(512 * 1024)))
+FRUXON_MAX_MODEL_CALLS_PER_RUN = int(os.environ.get("FRUXON_MAX_MODEL_CALLS_PER_RUN", "200"))
+FRUXON_MAX_SPANS_PER_RUN = int(os.environ.get("FRUXON_MAX_SPANS_PER_RUN", "2000"))
+# GET /runs/{id} shows at most this many spans (then spansTruncated: true; /runs/{id}/spans pages through all).
+FRUXON_RUN_DETAIL_SPANS = int(os.environ.get("FRUXON_RUN_DETAIL_SPANS", "200"))
+
+# --- Egress policy: outbound calls never reach internal addresses unless allowed (issue 12 item 3) ---
+# Comma-separated IPs or CIDRs, each with an optional :port ("127.0.0.1:9100,10.0.0.0/8",
+# IPv6 as "[::1]:9100" or a bare "fd00::/8"); see agents.engine.egress. Parsed here so a bad
+# value stops start-up; fruxon.egress installs it when the apps are ready.
+FRUXON_EGRESS_ALLOW = os.environ.get("FRUXON_EGRESS_ALLOW", "")
+from agents.engine.egress import EgressConfigError as _EgressConfigError, parse_allow as _parse_egress_allow  # noqa: E402
+
+try:
+    _parse_egress_allow(FRUXON_EGRESS_ALLOW)
+except _EgressConfigError as _exc:
+    raise ImproperlyConfigured(f"FRUXON_EGRESS_ALLOW: {_exc}") from None
+
+# --- Secrets out of logs (issue 12 item 8) ---
+# Every handler redacts secret values this process resolved recently (an in-memory registry of at most
+# FRUXON_LOG_REDACT_MAX_VALUES values) and credential patterns (Bearer tokens, fx_live_/fxu_ keys, sk-
+# keys) from messages, arguments and tracebacks: see fruxon.log_redaction (also installed on Celery
+# workers' handlers and on handlers configured outside LOGGING).
+FRUXON_LOG_REDACT_MAX_VALUES = int(os.environ.get("FRUXON_LOG_REDACT_MAX_VALUES", "1000"))
+LOGGING.setdefault("filters", {})["redact_secrets"] = {"()": "fruxon.log_redaction.RedactSecrets"}
+for _handler in LOGGING["handlers"].values():
+    _handler.setdefault("filters", []).append("redact_secrets")
+
 # --- Content security policy, API docs offline, static files (issue 12, item 12) -----------------
 # Swagger UI (/v1/docs) is served from drf-spectacular-sidecar's static files, never a CDN; static
 # files (the admin's, the sidecar's, fruxon/static) are served by WhiteNoise from STATIC_ROOT
@@ -349,60 +406,3 @@ CONTENT_SECURITY_POLICY = {
 }
 # X-Content-Type-Options: nosniff is SECURE_CONTENT_TYPE_NOSNIFF above; the referrer stays on this origin.
 SECURE_REFERRER_POLICY = "same-origin"
-
-# --- Access control: login throttling, personal tokens (issue 12 items 5 and 11) -------------------
-# Proxies whose X-Forwarded-For is believed (comma-separated IPs or CIDRs). None by default:
-# REMOTE_ADDR is the client. Set it to your load balancer's addresses when one sits in front.
-FRUXON_TRUSTED_PROXIES = env_list("FRUXON_TRUSTED_PROXIES")
-for _proxy in FRUXON_TRUSTED_PROXIES:  # fail at start, not at the first login
-    try:
-        __import__("ipaddress").ip_network(_proxy, strict=False)
-    except ValueError as _exc:
-        raise ImproperlyConfigured(f"FRUXON_TRUSTED_PROXIES: {_exc}") from None
-# Failed logins (API token and admin form) before the account / the client address is locked,
-# and the window (seconds) they are counted in and a lock lasts.
-FRUXON_LOGIN_MAX_FAILURES_PER_ACCOUNT = int(os.environ.get("FRUXON_LOGIN_MAX_FAILURES_PER_ACCOUNT", "10"))
-FRUXON_LOGIN_MAX_FAILURES_PER_ADDRESS = int(os.environ.get("FRUXON_LOGIN_MAX_FAILURES_PER_ADDRESS", "30"))
-FRUXON_LOGIN_WINDOW_SECONDS = int(os.environ.get("FRUXON_LOGIN_WINDOW_SECONDS", "900"))
-# Personal tokens (fxu_) end this many hours after they are issued (and when the password changes).
-FRUXON_USER_TOKEN_TTL_HOURS = int(os.environ.get("FRUXON_USER_TOKEN_TTL_HOURS", "720"))
-
-# --- Egress policy: outbound calls never reach internal addresses unless allowed (issue 12 item 3) ---
-# Comma-separated IPs or CIDRs, each with an optional :port ("127.0.0.1:9100,10.0.0.0/8",
-# IPv6 as "[::1]:9100" or a bare "fd00::/8"); see agents.engine.egress. Parsed here so a bad
-# value stops start-up; fruxon.egress installs it when the apps are ready.
-FRUXON_EGRESS_ALLOW = os.environ.get("FRUXON_EGRESS_ALLOW", "")
-from agents.engine.egress import EgressConfigError as _EgressConfigError, parse_allow as _parse_egress_allow  # noqa: E402
-
-try:
-    _parse_egress_allow(FRUXON_EGRESS_ALLOW)
-except _EgressConfigError as _exc:
-    raise ImproperlyConfigured(f"FRUXON_EGRESS_ALLOW: {_exc}") from None
-
-# --- Secrets out of logs (issue 12 item 8) ---
-# Every handler redacts secret values this process resolved recently (an in-memory registry of at most
-# FRUXON_LOG_REDACT_MAX_VALUES values) and credential patterns (Bearer tokens, fx_live_/fxu_ keys, sk-
-# keys) from messages, arguments and tracebacks: see fruxon.log_redaction (also installed on Celery
-# workers' handlers and on handlers configured outside LOGGING).
-FRUXON_LOG_REDACT_MAX_VALUES = int(os.environ.get("FRUXON_LOG_REDACT_MAX_VALUES", "1000"))
-LOGGING.setdefault("filters", {})["redact_secrets"] = {"()": "fruxon.log_redaction.RedactSecrets"}
-for _handler in LOGGING["handlers"].values():
-    _handler.setdefault("filters", []).append("redact_secrets")
-
-# --- Request limits and bad input (issue 12, items 7 and 9) ---
-# A NUL in a URL (path or query; API and admin) is a 400, refused before any view (fruxon.middleware).
-MIDDLEWARE.insert(MIDDLEWARE.index("fruxon.middleware.RequestTimerMiddleware") + 1,
-                  "fruxon.middleware.RefuseUnstorableURLMiddleware")
-# A JSON body nested deeper than this is a 400 (fruxon.api.parsers). A body over
-# DATA_UPLOAD_MAX_MEMORY_SIZE (Django's, 2.5 MB by default) is a 413 payload_too_large.
-FRUXON_MAX_JSON_DEPTH = int(os.environ.get("FRUXON_MAX_JSON_DEPTH", "64"))
-# Spec and run limits (a spec over one is 400 invalid_spec naming it; a run reaching a run limit
-# stops with status error and the code max_model_calls_per_run or max_spans_per_run).
-FRUXON_MAX_STEPS = int(os.environ.get("FRUXON_MAX_STEPS", "50"))
-FRUXON_MAX_TOOLS_PER_STEP = int(os.environ.get("FRUXON_MAX_TOOLS_PER_STEP", "64"))
-FRUXON_MAX_SUBAGENTS_PER_STEP = int(os.environ.get("FRUXON_MAX_SUBAGENTS_PER_STEP", "16"))
-FRUXON_MAX_SPEC_BYTES = int(os.environ.get("FRUXON_MAX_SPEC_BYTES", str(512 * 1024)))
-FRUXON_MAX_MODEL_CALLS_PER_RUN = int(os.environ.get("FRUXON_MAX_MODEL_CALLS_PER_RUN", "200"))
-FRUXON_MAX_SPANS_PER_RUN = int(os.environ.get("FRUXON_MAX_SPANS_PER_RUN", "2000"))
-# GET /runs/{id} shows at most this many spans (then spansTruncated: true; /runs/{id}/spans pages through all).
-FRUXON_RUN_DETAIL_SPANS = int(os.environ.get("FRUXON_RUN_DETAIL_SPANS", "200"))
