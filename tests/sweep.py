@@ -79,7 +79,7 @@ OBJECTS: dict[str, Target] = {
     "member-detail": Target(lambda w: {"pk": w.a_viewer_membership.pk}, holds=lambda w: tuple(ROLE_SCOPES["viewer"])),
     "apikey-list": Target(),
     "apikey-scopes": Target(),
-    "apikey-detail": Target(lambda w: {"pk": w.a_key.pk}),
+    "apikey-detail": Target(lambda w: {"pk": w.a_narrow_key.pk}, holds=lambda w: tuple(w.a_narrow_key.scopes)),
     "apikey-rotate": Target(lambda w: {"pk": w.a_narrow_key.pk}, holds=lambda w: tuple(w.a_narrow_key.scopes)),
     "secret-list": Target(),
     "secret-detail": Target(lambda w: {"name": "ALPHA_SECRET"}, upsert_methods=("PUT",)),

@@ -109,6 +109,21 @@ def test_item1_key_cannot_rotate_a_broader_key(org, agents, api):
     assert api.as_key(plain).post(f"/v1/acme/api-keys/{narrow.pk}:rotate", {}, format="json").status_code == 201
 
 
+def test_item1_key_cannot_revoke_a_broader_key(org, agents, api):
+    """Revoking hands nothing out, but a narrow keys:write key must not cut off the org's broader keys."""
+    admin_key, admin_plain = f.api_key(org, preset="admin")
+    _, plain = f.api_key(org, scopes=["keys:write", "runs:read"], agents=["support"])
+    before = _rights(org)
+    body = _error(api.as_key(plain).delete(f"/v1/acme/api-keys/{admin_key.pk}"), 403, "forbidden")
+    assert "missingScopes" in body["details"] and "agents" in body["details"]
+    assert _rights(org) == before
+    assert api.as_key(admin_plain).get("/v1/acme/api-keys").status_code == 200  # still works
+    narrow, _ = f.api_key(org, scopes=["runs:read"], agents=["support"],
+                          expires_at=timezone.now() + timedelta(days=400))  # a later expiry does not matter here
+    assert api.as_key(plain).delete(f"/v1/acme/api-keys/{narrow.pk}").status_code == 204
+    assert ApiKey.objects.get(pk=narrow.pk).revoked_at is not None
+
+
 def test_item1_expiring_key_mints_only_keys_that_end_no_later(org, api):
     ends = timezone.now() + timedelta(hours=2)
     _, plain = f.api_key(org, scopes=["keys:write", "runs:read"], expires_at=ends)

@@ -74,12 +74,18 @@ def _get_active(organization: Organization, key_id) -> ApiKey:
 
 
 def revoke_key(*, actor: Actor, organization: Organization, key_id) -> ApiKey:
+    """Revoke at once. A key may revoke only keys whose scopes and agents are within its own (403
+    otherwise), so a narrow ``keys:write`` key cannot cut off the org's broader keys; expiry does not
+    count here, since revoking hands nothing out."""
     from . import audit
 
     with transaction.atomic():
         key = _get_active(organization, key_id)
         if key.revoked_at is not None:
             raise Conflict("This key is already revoked.", code="already_revoked")
+        held = held_by(actor, organization)
+        require_within(Rights(held.scopes, held.agents), Rights(frozenset(key.scopes), frozenset(key.agents) or None),
+                       what="a revocation of this key")
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
         audit.record(organization=organization, actor=actor, action="key.revoked", target_type="api_key",
