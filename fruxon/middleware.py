@@ -26,39 +26,10 @@ def _stamp(request, response):
     return response
 
 
-class RequestTimerMiddleware:
-    sync_capable = True
-    async_capable = True
+class _SyncAndAsync:
+    """A middleware that runs in the mode of the stack around it (no thread hop under ASGI).
 
-    def __init__(self, get_response):
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if self.is_async:
-            return self.__acall__(request)
-        request.fruxon_started = time.monotonic()
-        return _stamp(request, self.get_response(request))
-
-    async def __acall__(self, request):
-        request.fruxon_started = time.monotonic()
-        return _stamp(request, await self.get_response(request))
-
-
-class RefuseUnstorableURLMiddleware:
-    """A URL whose path or query holds a NUL (``%00``) answers 400 ``invalid_request``.
-
-    PostgreSQL cannot store or compare text holding NUL, so such a value used as
-    a lookup (``/v1/acme/runs/%00``, ``/v1/%00/agents``, ``?agent=%00``, the
-    admin's ``/admin/monitoring/run/%00/change/``) would fail in the database
-    with a 500. No object's name or filter value can hold one, so the request is
-    refused here, once for every route (API and admin alike, in the error shape
-    every 400 of the project has, see ``fruxon.api.errors.handler400``), before
-    any view runs.
-    (Lone surrogates cannot reach this point: Django decodes URLs with
-    replacement; JSON bodies are the parser's business.)
+    Subclasses define ``before(request)``, which may answer at once, and ``after(request, response)``.
     """
 
     sync_capable = True
@@ -73,10 +44,42 @@ class RefuseUnstorableURLMiddleware:
     def __call__(self, request):
         if self.is_async:
             return self.__acall__(request)
-        return _refuse_unstorable(request) or self.get_response(request)
+        return self.before(request) or self.after(request, self.get_response(request))
 
     async def __acall__(self, request):
-        return _refuse_unstorable(request) or await self.get_response(request)
+        return self.before(request) or self.after(request, await self.get_response(request))
+
+    def before(self, request):
+        return None
+
+    def after(self, request, response):
+        return response
+
+
+class RequestTimerMiddleware(_SyncAndAsync):
+    def before(self, request):
+        request.fruxon_started = time.monotonic()
+
+    def after(self, request, response):
+        return _stamp(request, response)
+
+
+class RefuseUnstorableURLMiddleware(_SyncAndAsync):
+    """A URL whose path or query holds a NUL (``%00``) answers 400 ``invalid_request``.
+
+    PostgreSQL cannot store or compare text holding NUL, so such a value used as
+    a lookup (``/v1/acme/runs/%00``, ``/v1/%00/agents``, ``?agent=%00``, the
+    admin's ``/admin/monitoring/run/%00/change/``) would fail in the database
+    with a 500. No object's name or filter value can hold one, so the request is
+    refused here, once for every route (API and admin alike, in the error shape
+    every 400 of the project has, see ``fruxon.api.errors.handler400``), before
+    any view runs.
+    (Lone surrogates cannot reach this point: Django decodes URLs with
+    replacement; JSON bodies are the parser's business.)
+    """
+
+    def before(self, request):
+        return _refuse_unstorable(request)
 
 
 def _refuse_unstorable(request):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import multiprocessing
 import threading
 import time
 from urllib.parse import urlsplit
@@ -65,6 +66,24 @@ def fire(base: str, key: str, path: str, first: int, count: int, barrier, queue,
     for thread in threads:
         thread.join(timeout=180)
     queue.put(results)
+
+
+def fire_from_processes(base: str, key: str, path: str, *, processes: int, threads: int,
+                        questions=None) -> list[tuple]:
+    """``processes`` spawned client processes of ``threads`` calls each, all released at once; every row."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=fire, args=(base, key, path, n * threads, threads, barrier, queue, questions),
+                         daemon=True) for n in range(processes)]
+    for proc in procs:
+        proc.start()
+    try:
+        return [row for _ in procs for row in queue.get(timeout=150)]
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:

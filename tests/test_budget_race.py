@@ -14,7 +14,6 @@ concurrency (its issue #34732).
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
@@ -35,7 +34,7 @@ from monitoring.models import Budget, Run, Span
 
 from . import factories as f
 from .builders import run_once
-from .race_clients import fire, max_overlap
+from .race_clients import fire_from_processes, max_overlap
 from .server import database_url, gunicorn
 from .test_budgets import priced_agent
 
@@ -83,20 +82,7 @@ class ConnectionSampler:
 
 def burst(base: str, key: str, path: str) -> list[tuple]:
     """EXECUTES calls from PROCESSES spawned client processes, all released at once."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier, queue = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [ctx.Process(target=fire, args=(base, key, path, n * THREADS, THREADS, barrier, queue), daemon=True)
-             for n in range(PROCESSES)]
-    for proc in procs:
-        proc.start()
-    try:
-        results = [row for _ in procs for row in queue.get(timeout=150)]
-    finally:
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-    return results
+    return fire_from_processes(base, key, path, processes=PROCESSES, threads=THREADS)
 
 
 def warm_up(base: str, key: str) -> None:

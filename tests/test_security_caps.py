@@ -8,11 +8,9 @@ the dearest rate of its side (``agents.engine.tokens``, ``agents.engine.pricing.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 from decimal import Decimal
 
-import httpx
 import pytest
 import redis
 from django.test import Client, override_settings
@@ -29,7 +27,7 @@ from monitoring.pricing import set_overrides
 
 from . import factories as f
 from .builders import SYSTEM, agent_with_revision
-from .race_clients import fire
+from .race_clients import fire_from_processes
 from .server import gunicorn
 from .test_budget_race import SERVER_ENV, SERVER_THREADS, WORKERS, require_postgresql, warm_up
 from .test_budgets import priced_agent
@@ -194,19 +192,8 @@ def test_item4_concurrent_two_processes_never_exceed_cap(ledger_env):
 
     with gunicorn(workers=WORKERS, threads=SERVER_THREADS, extra_env={**ledger_env, **SERVER_ENV}) as base:
         warm_up(base, key)
-        ctx = multiprocessing.get_context("spawn")
-        barrier, queue = ctx.Barrier(PROCESSES), ctx.Queue()
-        procs = [ctx.Process(target=fire, args=(base, key, "/v1/acme/agents/support:execute", n * THREADS, THREADS,
-                                                barrier, queue, questions), daemon=True) for n in range(PROCESSES)]
-        for proc in procs:
-            proc.start()
-        try:
-            results = [row for _ in procs for row in queue.get(timeout=150)]
-        finally:
-            for proc in procs:
-                proc.join(timeout=10)
-                if proc.is_alive():
-                    proc.kill()
+        results = fire_from_processes(base, key, "/v1/acme/agents/support:execute", processes=PROCESSES,
+                                      threads=THREADS, questions=questions)
 
     codes = [row[0] for row in results]
     admitted = codes.count(200)
