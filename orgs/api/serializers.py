@@ -177,8 +177,16 @@ class SecretName(StrictSerializer):
 
 
 # --- integrations ------------------------------------------------------------------------------
+class HttpUrlField(serializers.URLField):
+    """A URL whose scheme is http or https (URLField's own validator, narrowed: one message, not two)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.validators[-1] = URLValidator(schemes=["http", "https"], message=self.error_messages["invalid"])
+
+
 class HttpConfig(StrictSerializer):
-    baseUrl = serializers.URLField(max_length=2000, validators=[URLValidator(schemes=["http", "https"])])
+    baseUrl = HttpUrlField(max_length=2000)
     headers = serializers.DictField(child=serializers.CharField(max_length=2000), required=False, default=dict)
     authHeader = serializers.CharField(max_length=100, required=False, default="Authorization",
                                        help_text="Header that carries the credentials secret's value.")
