@@ -1,8 +1,10 @@
-"""Fruxon's agent engine: pure Python, no Django or ORM.
+"""Fruxon's agent engine: pure Python, no Django or ORM, async.
 
-The Django layer calls :func:`run` with a revision spec, the execute input, a
-:class:`RunContext` and its own :class:`Runtime`; it gets back a
-:class:`RunResult` to record. :func:`validate_spec`, :func:`content_hash` and the
+A host awaits :func:`arun` with a revision spec, the execute input, a
+:class:`RunContext`, its :class:`AsyncRuntime` (or a sync :class:`Runtime`) and,
+to stream, an ``events`` callback; it gets back a :class:`RunResult` to record
+(also when the run was cancelled). Sync callers (Celery workers, sync views) call
+:func:`run`, which drives the same :func:`arun` on the calling thread's event loop. :func:`validate_spec`, :func:`content_hash` and the
 ``referenced_*`` helpers serve revision creation and readiness checks.
 """
 
@@ -22,8 +24,8 @@ from .errors import (
 )
 from .inputs import validate_inputs
 from .result import RunResult, SpanRecord, Totals
-from .runner import run
-from .runtime import IntegrationInfo, Price, RunContext, Runtime, SecretValue
+from .runner import arun, run
+from .runtime import AsyncRuntime, IntegrationInfo, Price, RunContext, Runtime, SecretValue, SyncRuntimeAdapter
 from .spec import (
     SpecProblem,
     SubAgentRef,
@@ -37,6 +39,7 @@ from .spec import (
 
 __all__ = [
     "AgentNotFound",
+    "AsyncRuntime",
     "BudgetExceeded",
     "EngineError",
     "InputError",
@@ -56,8 +59,10 @@ __all__ = [
     "SpecError",
     "SpecProblem",
     "SubAgentRef",
+    "SyncRuntimeAdapter",
     "TemplateError",
     "Totals",
+    "arun",
     "canonical_json",
     "content_hash",
     "referenced_integrations",

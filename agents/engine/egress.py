@@ -284,6 +284,15 @@ class GuardedBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+def _literal_ip(host: str) -> IPAddress | None:
+    """``host`` as an IP address when it is one in canonical form (what getaddrinfo would return as is)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return ip if str(ip) == host.strip("[]") else None
+
+
 class AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
     """The async twin of :class:`GuardedBackend` (resolution runs in a worker thread)."""
 
@@ -293,12 +302,18 @@ class AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: typing.Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
-        try:
-            with anyio.fail_after(timeout):
-                addresses = await anyio.to_thread.run_sync(checked_addresses, host, port, self._policy,
-                                                           abandon_on_cancel=True)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout("the host name could not be resolved in time") from None
+        literal = _literal_ip(host)
+        if literal is not None:  # nothing to resolve: no worker thread for it
+            if not (self._policy or current_policy()).allows(literal, port):
+                raise EgressDenied()
+            addresses = [literal]
+        else:
+            try:
+                with anyio.fail_after(timeout):
+                    addresses = await anyio.to_thread.run_sync(checked_addresses, host, port, self._policy,
+                                                               abandon_on_cancel=True)
+            except TimeoutError:
+                raise httpcore.ConnectTimeout("the host name could not be resolved in time") from None
         error: Exception | None = None
         for ip in addresses:
             try:
@@ -354,10 +369,12 @@ def client(*, limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepa
 
 
 def async_client(*, limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                 policy: EgressPolicy | None = None, **kwargs: typing.Any) -> httpx.AsyncClient:
-    """The product's async client (same contract as :func:`client`)."""
+                 policy: EgressPolicy | None = None, verify: ssl.SSLContext | str | bool = True,
+                 **kwargs: typing.Any) -> httpx.AsyncClient:
+    """The product's async client (same contract as :func:`client`). ``verify`` goes to the
+    transport (a shared ``SSLContext`` saves loading the CA bundle per client)."""
     kwargs.setdefault("follow_redirects", False)
-    return httpx.AsyncClient(transport=async_transport(limits=limits, policy=policy), **kwargs)
+    return httpx.AsyncClient(transport=async_transport(limits=limits, policy=policy, verify=verify), **kwargs)
 
 
 # --- write time ---------------------------------------------------------------------------------

@@ -174,7 +174,9 @@ class SpanLimitReached(EngineError):
 class RunCancelled(EngineError):
     """Another part of the same run failed; parallel work stops at its next check.
 
-    Only ever a span status: the run itself reports the failure that caused it.
+    Only ever a span status: the run itself reports the failure that caused it. (A run
+    whose caller cancelled it ends with status ``cancelled`` too, through
+    :class:`asyncio.CancelledError`: see :func:`agents.engine.arun`.)
     """
 
     status = "cancelled"

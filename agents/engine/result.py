@@ -12,7 +12,9 @@ spans only, so summing any column over all spans never double counts.
 
 Span ``status``: ``ok``, ``error``, ``skipped`` (a side-effecting tool in a shadow
 run), ``timeout``, ``budget_exceeded``, ``max_tool_calls``, ``cancelled`` (a
-parallel step stopped because another part of the run failed).
+parallel step stopped because another part of the run failed, or the whole run was
+cancelled: :func:`agents.engine.arun`). An ``llm`` span whose call was interrupted (cancelled,
+deadline) carries the usage and cost the provider could bill and ``usageBound: true``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 ZERO_USD = Decimal("0.00000000")
 
-RUN_STATUSES = ("ok", "error", "timeout", "max_tool_calls", "budget_exceeded")
+RUN_STATUSES = ("ok", "error", "timeout", "max_tool_calls", "budget_exceeded", "cancelled")
 
 
 def _jsonable(value: Any) -> Any:
@@ -89,7 +91,7 @@ class Totals:
 
 @dataclass
 class RunResult:
-    """The outcome of :func:`agents.engine.runner.run`.
+    """The outcome of :func:`agents.engine.runner.arun` (and :func:`~agents.engine.runner.run`).
 
     ``status`` is one of :data:`RUN_STATUSES`. ``output`` is the rendered output
     template (a string, or JSON for an object/array template) when ``ok``, else

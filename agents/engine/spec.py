@@ -19,6 +19,7 @@ take), in ``systemPrompt``, ``prompt`` and ``model.baseUrl`` (roots ``input``,
 ``steps``: a secret never goes into what the model reads or into a URL), in
 ``fruxon-local`` script replies (roots ``input``, ``steps``, ``prompt``) and in
 ``output`` (roots ``input``, ``steps``: a secret may never reach the caller).
+fruxon-local script ``chunks`` pieces are templates like its replies.
 Which hosts a secret may reach is checked outside the spec (see
 :mod:`agents.engine.destinations`).
 A step that references ``{{steps.X.output}}`` depends on step X; the
@@ -67,11 +68,14 @@ INPUT_KEYS = {"type", "required", "description", "default"}
 STEP_KEYS = {"name", "model", "systemPrompt", "prompt", "tools", "subAgents", "maxToolCalls", "description"}
 MODEL_KEYS = {
     "openai": {"provider", "name", "baseUrl", "apiKey", "headers", "temperature", "maxTokens"},
-    "fruxon-local": {"provider", "name", "temperature", "maxTokens", "script", "latencyMs"},
+    "fruxon-local": {"provider", "name", "temperature", "maxTokens", "script", "latencyMs", "chunks",
+                     "chunkDelayMs"},
 }
 TOOL_KEYS = {"name", "integration", "description", "parameters"}
 SUBAGENT_KEYS = {"agent", "revisionId", "description"}
-SCRIPT_KEYS = {"reply", "toolCalls", "usage", "latencyMs", "error"}
+SCRIPT_KEYS = {"reply", "toolCalls", "usage", "latencyMs", "error", "chunks", "chunkDelayMs"}
+# fruxon-local streaming (agents.engine.providers.local): pieces of a reply, or how many to cut it into.
+MAX_SCRIPT_CHUNKS = 100_000
 SCRIPT_TOOL_CALL_KEYS = {"name", "arguments"}
 SCRIPT_USAGE_KEYS = {"inputTokens", "outputTokens", "cachedInputTokens", "reasoningTokens"}
 
@@ -145,6 +149,11 @@ def step_templates(step: Any, path: str) -> Iterator[tuple[str, str, frozenset[s
         for index, entry in enumerate(script):
             if isinstance(entry, Mapping) and isinstance(entry.get("reply"), str):
                 yield f"{model_path}.script[{index}].reply", entry["reply"], SCRIPT_ROOTS
+            chunks = entry.get("chunks") if isinstance(entry, Mapping) else None
+            if isinstance(chunks, list):
+                for position, piece in enumerate(chunks):
+                    if isinstance(piece, str):
+                        yield f"{model_path}.script[{index}].chunks[{position}]", piece, SCRIPT_ROOTS
 
 
 def output_templates(output: Any, path: str = "$.output") -> Iterator[tuple[str, str]]:
@@ -430,6 +439,10 @@ class _Validator:
             self.expect_range(model["maxTokens"], key_path(path, "maxTokens"), 1, 1_000_000, integer=True)
         if "latencyMs" in model:
             self.expect_range(model["latencyMs"], key_path(path, "latencyMs"), 0, 3_600_000, integer=False)
+        if "chunkDelayMs" in model:
+            self.expect_range(model["chunkDelayMs"], key_path(path, "chunkDelayMs"), 0, 3_600_000, integer=False)
+        if "chunks" in model:  # a default for every entry: a count only
+            self.expect_range(model["chunks"], key_path(path, "chunks"), 1, MAX_SCRIPT_CHUNKS, integer=True)
         if "script" in model:
             self.check_script(model["script"], key_path(path, "script"))
 
@@ -445,6 +458,11 @@ class _Validator:
                 self.expect_string(entry["reply"], key_path(entry_path, "reply"))
             if "latencyMs" in entry:
                 self.expect_range(entry["latencyMs"], key_path(entry_path, "latencyMs"), 0, 3_600_000, integer=False)
+            if "chunkDelayMs" in entry:
+                self.expect_range(entry["chunkDelayMs"], key_path(entry_path, "chunkDelayMs"), 0, 3_600_000,
+                                  integer=False)
+            if "chunks" in entry:
+                self.check_chunks(entry, key_path(entry_path, "chunks"))
             if "error" in entry and entry["error"] not in LOCAL_ERRORS:
                 self.add(key_path(entry_path, "error"), f"must be one of {', '.join(LOCAL_ERRORS)}")
             if "usage" in entry and self.expect_object(entry["usage"], key_path(entry_path, "usage")):
@@ -465,6 +483,22 @@ class _Validator:
                         self.expect_string(call["name"], key_path(call_path, "name"))
                     if "arguments" in call:
                         self.expect_object(call["arguments"], key_path(call_path, "arguments"))
+
+    def check_chunks(self, entry: Mapping[str, Any], path: str) -> None:
+        """``chunks``: a count of pieces to cut the reply into, or the pieces themselves (then no ``reply``)."""
+        chunks = entry["chunks"]
+        if isinstance(chunks, list):
+            if not 1 <= len(chunks) <= MAX_SCRIPT_CHUNKS:
+                self.add(path, f"must hold 1 to {MAX_SCRIPT_CHUNKS} pieces")
+            for position, piece in enumerate(chunks):
+                self.expect_string(piece, f"{path}[{position}]")
+            if "reply" in entry:
+                self.add(path, "give either reply or a list of chunks (the reply is their concatenation), not both")
+        else:
+            if not _is_int(chunks):
+                self.add(path, "must be a number of pieces or a list of strings")
+            else:
+                self.expect_range(chunks, path, 1, MAX_SCRIPT_CHUNKS, integer=True)
 
     def check_tools(self, tools: Any, path: str) -> None:
         names: set[str] = set()

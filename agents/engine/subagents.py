@@ -19,6 +19,7 @@ sub-agent's declared inputs). Contract:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -74,7 +75,7 @@ def tool_definition(sub: SubAgent, ref: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def prepare(frame: Frame, state: RunState, ref: Mapping[str, Any]) -> SubAgent:
+async def prepare(frame: Frame, state: RunState, ref: Mapping[str, Any]) -> SubAgent:
     """Check the call chain and resolve the sub-agent's revision."""
     slug = ref["agent"]
     if slug in frame.chain:
@@ -82,13 +83,14 @@ def prepare(frame: Frame, state: RunState, ref: Mapping[str, Any]) -> SubAgent:
     if len(frame.chain) > MAX_SUBAGENT_DEPTH:
         raise SubAgentDepth(f"sub-agents nest deeper than {MAX_SUBAGENT_DEPTH}: " + " -> ".join((*frame.chain, slug)))
     pinned = ref.get("revisionId")
-    revision_id, spec = state.agent(slug, pinned)
+    revision_id, spec = await state.agent(slug, pinned)
     if validate_spec(spec):
         raise SubAgentSpecInvalid(f"sub-agent {slug!r} revision {revision_id} has an invalid spec")
     return SubAgent(agent=slug, revision_id=revision_id, spec=spec, pinned=pinned is not None)
 
 
-def call(frame: Frame, state: RunState, sub: SubAgent, tool_call: ToolCall, parent_span_id: str) -> tuple[str, float]:
+async def call(frame: Frame, state: RunState, sub: SubAgent, tool_call: ToolCall,
+               parent_span_id: str) -> tuple[str, float]:
     """Run the sub-agent for one tool call; return the text for the model and the provider ms spent."""
     recorder = state.recorder
     span = recorder.start("subAgent", sub.agent, parent_span_id, input=tool_call.arguments,
@@ -106,9 +108,12 @@ def call(frame: Frame, state: RunState, sub: SubAgent, tool_call: ToolCall, pare
                   deadline=min(frame.deadline, time.monotonic() + timeout_seconds(sub.spec)),
                   chain=(*frame.chain, sub.agent), parent_span_id=span.id)
     try:
-        outcome = state.execute(child, state)
+        outcome = await state.execute(child, state)
     except EngineError as exc:
         recorder.finish(span, status=exc.status, error={"code": exc.code, "message": exc.message})
+        raise
+    except asyncio.CancelledError:
+        recorder.finish(span, status="cancelled", error={"code": "cancelled", "message": "the run was cancelled"})
         raise
     recorder.finish(span, output=outcome.output, attributes={"providerMs": round(outcome.provider_ms, 3)})
     return to_text(outcome.output), outcome.provider_ms

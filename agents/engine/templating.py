@@ -194,6 +194,28 @@ class Redactor:
                     break
         return text[:-longest] + "{{secret.%s}}" % owner if longest else text
 
+    @property
+    def active(self) -> bool:
+        """Has any secret been resolved in this run (is there anything to redact)?"""
+        return bool(self._names)
+
+    def held_back(self, text: str) -> int:
+        """The length of the longest end of ``text`` that begins a secret value (not the whole value).
+
+        A stream of text (the run's ``output.delta`` events) keeps that much back until the
+        next piece shows whether a secret is being spelled out: then redacting what is let
+        go piece by piece gives what redacting the whole text would.
+        """
+        with self._lock:
+            values = list(self._names)
+        longest = 0
+        for value in values:
+            for size in range(min(len(value) - 1, len(text)), longest, -1):
+                if text.endswith(value[:size]):
+                    longest = size
+                    break
+        return longest
+
     def redact(self, data: Any) -> Any:
         """Return ``data`` (str, dict, list, scalars) with every known secret value replaced."""
         if not self._names:  # most runs resolve no secret: skip the walk

@@ -5,8 +5,13 @@
   optional hard budget cap) that records what the engine asked of it.
 * :func:`start_json_server`: a loopback HTTP/1.1 server on ``127.0.0.1`` and a
   free port, answering every request through a Python function.
+* :class:`AsyncStaticRuntime`: the same runtime as a native
+  :class:`~agents.engine.runtime.AsyncRuntime` (coroutines, reservations handed back).
 * :func:`start_openai_stub`: such a server speaking the OpenAI chat-completions
-  format, answering after ``latency_ms``, optionally following a script.
+  format, answering after ``latency_ms``, optionally following a script; it streams
+  (server-sent events, chunk by chunk, with delays) when a request asks for it, and
+  records every client that closed its connection before the answer ended
+  (``server.disconnects``, ``server.wait_for_disconnect()``).
 
 Servers run in a daemon thread; call ``server.close()`` (or use ``with``).
 Nothing here needs Django or pytest.
@@ -14,9 +19,13 @@ Nothing here needs Django or pytest.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import select
+import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,7 +36,7 @@ import httpx
 
 from .destinations import url_host
 from .errors import AgentNotFound, BudgetExceeded, NotDeployed, SecretNotAllowed, SecretNotFound
-from .runtime import IntegrationInfo, Price, Runtime, SecretValue
+from .runtime import AsyncRuntime, IntegrationInfo, Price, Runtime, SecretValue
 
 # --- runtime ---------------------------------------------------------------------
 
@@ -104,7 +113,7 @@ class StaticRuntime(Runtime):
     def price_for(self, provider: str, model: str) -> Price | None:
         return self.prices.get((provider, model))
 
-    def before_model_call(self, estimate_usd: Decimal) -> None:
+    def before_model_call(self, estimate_usd: Decimal, tokens: int | None = None) -> None:
         with self._lock:
             self.estimates.append(estimate_usd)
             if self.budget_usd is not None and self.spent + self.reserved + estimate_usd > self.budget_usd:
@@ -112,13 +121,72 @@ class StaticRuntime(Runtime):
             self.reserved += estimate_usd
         self._pending.estimate = estimate_usd
 
-    def after_model_call(self, actual_usd: Decimal) -> None:
+    def after_model_call(self, actual_usd: Decimal, tokens: int | None = None) -> None:
         estimate = getattr(self._pending, "estimate", Decimal(0))
         self._pending.estimate = Decimal(0)
         with self._lock:
             self.actuals.append(actual_usd)
             self.reserved -= estimate
             self.spent += actual_usd
+
+
+class AsyncStaticRuntime(AsyncRuntime):
+    """:class:`StaticRuntime` as a native :class:`~agents.engine.runtime.AsyncRuntime`.
+
+    Same constructor (``http_client`` is an ``httpx.AsyncClient`` or ``None``) and the same
+    records (``estimates``, ``actuals``, ``spent``, ``reserved``, ``secret_requests``, ...:
+    read through to the :class:`StaticRuntime` in ``self.static``). ``before_model_call``
+    returns the estimate it reserved as the reservation, which ``after_model_call`` releases,
+    so steps running concurrently on one loop settle their own. ``delay_ms`` makes every
+    lookup take that long (awaited, not blocking), like a database would.
+    """
+
+    def __init__(self, *, http_client: httpx.AsyncClient | None = None, delay_ms: float = 0, **kwargs: Any):
+        self.static = StaticRuntime(**kwargs)
+        self.http_client = http_client
+        self.limits = None
+        self.delay_ms = delay_ms
+        self.tokens: list[tuple[str, int]] = []  # ("before" | "after", tokens) in call order
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.static, name)
+
+    async def _lookup(self) -> None:
+        if self.delay_ms:
+            await asyncio.sleep(self.delay_ms / 1000.0)
+
+    async def resolve_secret(self, name: str, *, agent: str) -> SecretValue:
+        await self._lookup()
+        return self.static.resolve_secret(name, agent=agent)
+
+    async def get_integration(self, slug: str) -> IntegrationInfo | None:
+        await self._lookup()
+        return self.static.get_integration(slug)
+
+    async def load_agent(self, slug: str, revision_id: str | None) -> tuple[str, dict[str, Any]]:
+        await self._lookup()
+        return self.static.load_agent(slug, revision_id)
+
+    async def price_for(self, provider: str, model: str) -> Price | None:
+        return self.static.price_for(provider, model)
+
+    async def before_model_call(self, estimate_usd: Decimal, *, tokens: int) -> Any:
+        static = self.static
+        with static._lock:
+            static.estimates.append(estimate_usd)
+            self.tokens.append(("before", tokens))
+            if static.budget_usd is not None and static.spent + static.reserved + estimate_usd > static.budget_usd:
+                raise BudgetExceeded(f"budget of {static.budget_usd} USD would be exceeded")
+            static.reserved += estimate_usd
+        return estimate_usd
+
+    async def after_model_call(self, actual_usd: Decimal, *, tokens: int, reservation: Any) -> None:
+        static = self.static
+        with static._lock:
+            static.actuals.append(actual_usd)
+            self.tokens.append(("after", tokens))
+            static.reserved -= reservation or Decimal(0)
+            static.spent += actual_usd
 
 
 # --- loopback HTTP servers -------------------------------------------------------
@@ -135,10 +203,26 @@ class StubRequest:
 
 @dataclass
 class StubReply:
+    """An answer. ``stream``: send a ``text/event-stream`` body instead, as ``(delay_ms, bytes)``
+    events, each after its delay (chunked encoding); ``drop_after``: close the connection after
+    that many events, without ending the body (a stream that breaks off)."""
+
     status: int = 200
     body: Any = None  # JSON-encoded unless it is bytes
     headers: dict[str, str] = field(default_factory=dict)
     delay_ms: float = 0
+    stream: list[tuple[float, bytes]] | None = None
+    drop_after: int | None = None
+
+
+@dataclass(frozen=True)
+class StubDisconnect:
+    """A client closed its connection before the answer ended: which request, how many stream
+    events it had been sent, and when (``time.monotonic()``)."""
+
+    path: str
+    events_sent: int
+    at: float
 
 
 class StubServer(ThreadingHTTPServer):
@@ -157,6 +241,8 @@ class StubServer(ThreadingHTTPServer):
         self.requests: list[StubRequest] = []
         self.lock = threading.Lock()
         self.closing = threading.Event()  # wakes delayed replies so close() is prompt
+        self.disconnects: list[StubDisconnect] = []
+        self.disconnected = threading.Event()
         # A short poll interval keeps close() (which waits for the serve loop) quick.
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
                                        name="fruxon-stub", daemon=True)
@@ -164,6 +250,15 @@ class StubServer(ThreadingHTTPServer):
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def wait_for_disconnect(self, timeout: float = 5.0) -> bool:
+        """Wait until a client has closed a connection early (see :class:`StubDisconnect`)."""
+        return self.disconnected.wait(timeout)
+
+    def record_disconnect(self, path: str, events_sent: int) -> None:
+        with self.lock:
+            self.disconnects.append(StubDisconnect(path, events_sent, time.monotonic()))
+        self.disconnected.set()
 
     def close(self) -> None:
         self.closing.set()
@@ -197,7 +292,11 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.server.handler(request)
         except Exception as exc:  # a broken handler answers 500 instead of hanging the client
             reply = StubReply(500, {"error": {"message": f"stub handler failed: {exc!r}"}})
-        if reply.delay_ms and self.server.closing.wait(reply.delay_ms / 1000.0):
+        if reply.delay_ms and self._wait(reply.delay_ms / 1000.0):
+            self._gone(request.path, 0)
+            return
+        if reply.stream is not None:
+            self._stream(request, reply)
             return
         payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
         try:
@@ -210,6 +309,57 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (its timeout); nothing to answer
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait ``seconds``; True as soon as the client closed the connection (or the server closes)."""
+        end = time.monotonic() + seconds
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self.server.closing.is_set():
+                return True
+            readable, _, _ = select.select([self.connection], [], [], min(remaining, 0.02))
+            if readable:
+                try:
+                    peeked = self.connection.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    return True
+                if not peeked:
+                    return True  # end of file: the client closed its side
+                self.server.closing.wait(remaining)  # a pipelined request: nothing to watch for
+                return self.server.closing.is_set()
+
+    def _gone(self, path: str, events_sent: int) -> None:
+        self.close_connection = True
+        if not self.server.closing.is_set():
+            self.server.record_disconnect(path, events_sent)
+
+    def _stream(self, request: StubRequest, reply: StubReply) -> None:
+        sent = 0
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.flush()
+            for delay_ms, data in reply.stream or []:
+                if reply.drop_after is not None and sent >= reply.drop_after:
+                    self.close_connection = True  # broken off: no terminating chunk
+                    return
+                if delay_ms and self._wait(delay_ms / 1000.0):
+                    self._gone(request.path, sent)
+                    return
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                sent += 1
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self._gone(request.path, sent)
 
     do_POST = _serve
     do_GET = _serve
@@ -255,6 +405,43 @@ def _completion(entry: Mapping[str, Any], request: StubRequest, index: int) -> d
     }
 
 
+def _sse(data: Any) -> bytes:
+    return b"data: " + (data if isinstance(data, bytes) else json.dumps(data).encode()) + b"\n\n"
+
+
+def _streamed(completion: dict[str, Any], entry: Mapping[str, Any], body: Mapping[str, Any],
+              delay_ms: float) -> StubReply:
+    """``completion`` as the stream of chunks OpenAI would send (see :func:`start_openai_stub`)."""
+    from .providers.local import split_evenly
+
+    message = completion["choices"][0]["message"]
+    base = {"id": completion["id"], "object": "chat.completion.chunk", "model": completion["model"]}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    content = message.get("content") or ""
+    pieces = list(entry["chunks"]) if isinstance(entry.get("chunks"), list) else \
+        (split_evenly(content, int(entry.get("chunkCount", 4))) if content else [])
+    gap = float(entry.get("chunkDelayMs", 0))
+    events: list[tuple[float, bytes]] = [(delay_ms, chunk({"role": "assistant", "content": ""}))]
+    events += [(gap if position else 0.0, chunk({"content": piece})) for position, piece in enumerate(pieces)]
+    for position, call in enumerate(message.get("tool_calls") or []):
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        events.append((0.0, chunk({"tool_calls": [{"index": position, "id": call["id"], "type": "function",
+                                                   "function": {"name": call["function"]["name"],
+                                                                "arguments": arguments[:half]}}]})))
+        events.append((0.0, chunk({"tool_calls": [{"index": position, "function": {"arguments": arguments[half:]}}]})))
+    events.append((0.0, chunk({}, completion["choices"][0]["finish_reason"])))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append((0.0, _sse({**base, "choices": [], "usage": completion["usage"]})))
+    events.append((0.0, _sse(b"[DONE]")))
+    fail = entry.get("failAfterChunks")
+    return StubReply(200, None, dict(entry.get("headers", {})), 0, stream=events,
+                     drop_after=None if fail is None else 1 + int(fail))
+
+
 def start_openai_stub(latency_ms: float = 0, script: list[Mapping[str, Any]] | None = None, *,
                       record: bool = True) -> tuple[str, StubServer]:
     """An OpenAI-compatible chat-completions server on loopback; returns ``(base_url, server)``.
@@ -271,6 +458,16 @@ def start_openai_stub(latency_ms: float = 0, script: list[Mapping[str, Any]] | N
 
     ``delayMs`` defaults to ``latency_ms``. ``record=False`` keeps ``server.requests``
     empty, for long benchmarks.
+
+    Streaming: a request with ``"stream": true`` is answered with server-sent events as
+    OpenAI sends them: a first chunk with the role, the content in pieces (entry ``chunks``:
+    the pieces themselves, whose concatenation is the content; else the content cut into
+    ``chunkCount`` nearly equal pieces, default 4), tool calls as ``delta.tool_calls`` pieces
+    (id and name first, the arguments in two halves), a chunk with ``finish_reason``, a
+    usage chunk (``choices: []``) when ``stream_options.include_usage`` is set, and
+    ``data: [DONE]``. ``delayMs`` is the wait before the first chunk, ``chunkDelayMs``
+    (default 0) before each later content piece; ``failAfterChunks: n`` breaks the
+    connection off after n content pieces. Usage is the non-streamed answer's.
     """
     counter = {"next": 0}
     lock = threading.Lock()
@@ -286,7 +483,12 @@ def start_openai_stub(latency_ms: float = 0, script: list[Mapping[str, Any]] | N
         if entry.get("status", 200) != 200:
             body = entry.get("body", {"error": {"message": f"stub failure {entry['status']}"}})
             return StubReply(entry["status"], body, dict(entry.get("headers", {})), delay)
-        return StubReply(200, _completion(entry, request, index), dict(entry.get("headers", {})), delay)
+        if isinstance(entry.get("chunks"), list):
+            entry = {**entry, "content": "".join(entry["chunks"])}
+        completion = _completion(entry, request, index)
+        if isinstance(request.body, dict) and request.body.get("stream") is True:
+            return _streamed(completion, entry, request.body, delay)
+        return StubReply(200, completion, dict(entry.get("headers", {})), delay)
 
     base_url, server = start_json_server(handle, record=record)
     return f"{base_url}/v1", server

@@ -27,7 +27,7 @@ it fails the run with ``integration_unavailable``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from . import egress
 from .errors import IntegrationUnavailable, RunTimeout
 from .limits import loads_bounded
 from .runtime import IntegrationInfo
-from .transport import DeadlineReached, ResponseTooLarge, post_json
+from .transport import DeadlineReached, ResponseTooLarge, apost_json
 
 MAX_RESULT_CHARS = 32_000
 SHADOW_SKIP_REASON = "side effects in shadow mode"
@@ -84,16 +84,16 @@ def _parsed(text: str) -> Any:
         return text
 
 
-def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration: IntegrationInfo,
-              resolve_secret: Callable[[str, str], str], client: httpx.Client, deadline: float,
-              shadow: bool, clip: Callable[[str, int], str] | None = None) -> ToolOutcome:
-    """Call one tool on a usable integration (see the module contract).
+async def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration: IntegrationInfo,
+                    resolve_secret: Callable[[str, str], Awaitable[str]], client: httpx.AsyncClient,
+                    deadline: float, shadow: bool, clip: Callable[[str, int], str] | None = None) -> ToolOutcome:
+    """Call one tool on a usable integration (see the module contract), on the run's event loop.
 
     ``clip(text, limit)`` cuts the answer's text where it is kept; the engine
     passes :meth:`~agents.engine.templating.Redactor.clip`, which redacts the
     run's secrets before it cuts (an integration may echo the credential).
 
-    ``resolve_secret(name, url)`` returns the credential's value for a request to
+    ``await resolve_secret(name, url)`` returns the credential's value for a request to
     ``url``, or raises (:class:`~agents.engine.errors.SecretDestinationRefused`) before
     anything is sent.
     """
@@ -108,10 +108,10 @@ def call_tool(tool: Mapping[str, Any], arguments: dict[str, Any], *, integration
     headers = {"Accept": "application/json", **integration.headers}
     if integration.credentials_secret:
         # The URL the request goes to decides whether the credential may go with it.
-        value = resolve_secret(integration.credentials_secret, url)
+        value = await resolve_secret(integration.credentials_secret, url)
         headers[integration.auth_header] = f"{integration.auth_scheme} {value}" if integration.auth_scheme else value
     try:
-        reply = post_json(client, url, payload=arguments, headers=headers, deadline=deadline)
+        reply = await apost_json(client, url, payload=arguments, headers=headers, deadline=deadline)
     except DeadlineReached:
         raise RunTimeout(f"tool {tool['name']!r} did not answer before the run deadline") from None
     except (httpx.HTTPError, ResponseTooLarge) as exc:

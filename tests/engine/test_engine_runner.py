@@ -48,6 +48,10 @@ class RecordingLocal(LocalProvider):
         self.requests.append(request)
         return super().complete(request, deadline=deadline)
 
+    async def acomplete(self, request, **kwargs):  # what the (async) engine calls
+        self.requests.append(request)
+        return await super().acomplete(request, **kwargs)
+
 
 def spans_of(result, kind=None, name=None):
     return [span for span in result.spans

@@ -1,20 +1,32 @@
 """The provider contract: one chat-completions call, with tools.
 
 Messages and tools use the OpenAI chat format, which every supported provider
-speaks or is adapted to. A provider:
+speaks or is adapted to. A provider's ``acomplete(request, *, deadline, progress=None,
+on_delta=None)`` coroutine (the engine awaits it; ``complete`` is its sync form):
 
 * returns within ``deadline`` (a :func:`time.monotonic` timestamp) or raises
   :class:`~agents.engine.errors.ProviderTimeout`;
 * raises :class:`~agents.engine.errors.ProviderError` for every other failure;
 * reports ``provider_ms``, the time spent waiting on the model (network, retries,
-  simulated latency), which the platform subtracts to report its own overhead.
+  simulated latency), which the platform subtracts to report its own overhead;
+* streams when ``on_delta`` is given: awaits ``on_delta(text)`` for each piece of the
+  answer's content as it arrives (their concatenation is ``content``), and the final
+  ``ChatResponse`` is the same as without streaming (content, tool calls, usage);
+* keeps ``progress`` (:class:`agents.engine.transport.Progress`) up to date: whether the
+  request was sent, and the bytes of output streamed so far; the engine bills an
+  interrupted call (cancelled, deadline) from it;
+* on cancellation of the awaiting task, closes its connection at once and lets the
+  :class:`asyncio.CancelledError` through.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..transport import Progress
 
 
 @dataclass(frozen=True)
@@ -65,11 +77,21 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class ChatResponse:
+    """``usage_reported`` is false when a streamed answer came without a usage chunk (the
+    provider ignored ``stream_options.include_usage``): the engine then bills the bound."""
+
     content: str
     tool_calls: list[ToolCall]
     usage: Usage
     provider_ms: float
+    usage_reported: bool = True
+
+
+OnDelta = Callable[[str], Awaitable[None]]
 
 
 class Provider(Protocol):
+    async def acomplete(self, request: ChatRequest, *, deadline: float, progress: Progress | None = None,
+                        on_delta: OnDelta | None = None) -> ChatResponse: ...
+
     def complete(self, request: ChatRequest, *, deadline: float) -> ChatResponse: ...

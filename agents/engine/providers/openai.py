@@ -22,10 +22,25 @@ the resolved address or anything that tells an open port from a closed one (a
 run's error is readable by its viewers; a base URL is chosen by an editor).
 A destination the egress policy refuses (:mod:`..egress`) fails at once, without
 retries, with :data:`..egress.DENIED_MESSAGE`.
+
+Streaming (``on_delta`` given): the request adds ``"stream": true`` and
+``"stream_options": {"include_usage": true}``; the answer's server-sent events are read as
+they come: ``choices[0].delta.content`` pieces go to ``on_delta``, ``delta.tool_calls``
+pieces are assembled by ``index`` (``id`` and ``function.name`` as given, ``arguments``
+concatenated), the chunk with ``usage`` gives the usage (read exactly as a non-streamed
+answer's), ``data: [DONE]`` ends it. A failure before the first chunk is retried as above;
+after it nothing is retried (part of the answer is out): a stream that breaks off, or an
+``error`` event, is a :class:`ProviderError`. A stream without a usage chunk is flagged
+(``usage_reported=False``) so the engine bills its bound.
+
+The call runs on the run's event loop over a pooled ``httpx.AsyncClient``; ``complete`` is
+the sync form (the calling thread's loop, :func:`agents.engine.aio.run_sync`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -34,11 +49,21 @@ from typing import Any
 import httpx
 
 from .. import egress
+from ..aio import run_sync
 from ..errors import ProviderError, ProviderTimeout
 from ..limits import loads_bounded
-from ..tokens import max_output_tokens
-from ..transport import DeadlineReached, HttpReply, ResponseTooLarge, default_client, post_json
-from .base import ChatRequest, ChatResponse, ToolCall, Usage
+from ..tokens import max_output_tokens, utf8_length
+from ..transport import (
+    DeadlineReached,
+    HttpReply,
+    Progress,
+    ResponseTooLarge,
+    StreamReply,
+    apost_json,
+    apost_stream,
+    default_async_client,
+)
+from .base import ChatRequest, ChatResponse, OnDelta, ToolCall, Usage
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Failures where the provider never produced an answer: safe to send again.
@@ -130,7 +155,7 @@ def parse_completion(data: Any) -> tuple[str, list[ToolCall], Usage]:
         raise ProviderError(f"malformed chat completion from the provider ({type(exc).__name__})") from exc
 
 
-def build_body(request: ChatRequest) -> dict[str, Any]:
+def build_body(request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
     model = request.model
     body: dict[str, Any] = {
         "model": model.get("name", ""),
@@ -141,6 +166,9 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
         body["tools"] = request.tools
     if "temperature" in model:
         body["temperature"] = model["temperature"]
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
     return body
 
 
@@ -152,12 +180,33 @@ def build_headers(model: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
-class OpenAIProvider:
-    """Chat completions over a (shared, pooled) ``httpx.Client``."""
+class _Stream:
+    """The answer assembled from a stream's chunks."""
 
-    def __init__(self, client: httpx.Client | None = None, *, max_retries: int = 3, backoff_base: float = 0.25,
-                 backoff_cap: float = 8.0, connect_timeout: float = 5.0,
-                 sleep: Callable[[float], None] = time.sleep, jitter: Callable[[], float] = random.random):
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.usage: Any = None
+        self.done = False
+        self.finished = False  # a choice said its finish_reason
+
+    def tool_calls(self) -> list[ToolCall]:
+        raw = [{"id": call["id"], "function": {"name": call["name"], "arguments": "".join(call["arguments"])}}
+               for _, call in sorted(self.calls.items())]
+        return parse_tool_calls(raw)
+
+
+class OpenAIProvider:
+    """Chat completions over a (shared, pooled) ``httpx.AsyncClient``.
+
+    ``client`` is the client to use; a sync ``httpx.Client`` (older callers) or ``None`` means
+    the running loop's :func:`~agents.engine.transport.default_async_client`. ``sleep`` may be
+    a coroutine function (default :func:`asyncio.sleep`) or a plain function (tests record waits).
+    """
+
+    def __init__(self, client: httpx.AsyncClient | httpx.Client | None = None, *, max_retries: int = 3,
+                 backoff_base: float = 0.25, backoff_cap: float = 8.0, connect_timeout: float = 5.0,
+                 sleep: Callable[[float], Any] = asyncio.sleep, jitter: Callable[[], float] = random.random):
         self.client = client
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -172,18 +221,37 @@ class OpenAIProvider:
         delay = min(self.backoff_cap, self.backoff_base * (2 ** attempt))
         return delay / 2 + self._jitter() * delay / 2
 
+    async def _pause(self, seconds: float) -> None:
+        waited = self._sleep(seconds)
+        if inspect.isawaitable(waited):
+            await waited
+
     def complete(self, request: ChatRequest, *, deadline: float) -> ChatResponse:
+        """The sync form of :meth:`acomplete` (not streamed), on the calling thread's loop."""
+        return run_sync(self.acomplete(request, deadline=deadline))
+
+    async def acomplete(self, request: ChatRequest, *, deadline: float, progress: Progress | None = None,
+                        on_delta: OnDelta | None = None) -> ChatResponse:
         url = str(request.model.get("baseUrl") or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
         headers = build_headers(request.model)
-        body = build_body(request)
-        client = self.client or default_client()
+        stream = on_delta is not None
+        if stream:
+            headers["Accept"] = "text/event-stream"
+        body = build_body(request, stream=stream)
+        client = self.client if isinstance(self.client, httpx.AsyncClient) else default_async_client()
         started = time.monotonic()
         attempt = 0
         while True:
             retry_after: float | None = None
             try:
-                reply = post_json(client, url, payload=body, headers=headers, deadline=deadline,
-                                  connect_timeout=self.connect_timeout)
+                if stream:
+                    result = await self._stream(client, url, body, headers, deadline, started, progress, on_delta)
+                    if isinstance(result, ChatResponse):
+                        return result
+                    reply = result
+                else:
+                    reply = await apost_json(client, url, payload=body, headers=headers, deadline=deadline,
+                                             connect_timeout=self.connect_timeout, progress=progress)
             except DeadlineReached:
                 raise ProviderTimeout("the model provider did not answer before the run deadline",
                                       provider_ms=_ms_since(started)) from None
@@ -211,10 +279,94 @@ class OpenAIProvider:
             if time.monotonic() + delay >= deadline:
                 raise ProviderError(f"{failure} (no time left to retry before the run deadline)",
                                     provider_ms=_ms_since(started))
-            self._sleep(delay)
+            await self._pause(delay)
             attempt += 1
 
-    def _response(self, reply: HttpReply, started: float) -> ChatResponse:
+    async def _stream(self, client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str],
+                      deadline: float, started: float, progress: Progress | None,
+                      on_delta: OnDelta) -> ChatResponse | StreamReply:
+        """One streamed attempt: the assembled answer, or the non-2xx reply (to retry or refuse)."""
+        async with apost_stream(client, url, payload=body, headers=headers, deadline=deadline,
+                                connect_timeout=self.connect_timeout, progress=progress) as reply:
+            if not 200 <= reply.status < 300:
+                return reply
+            if progress is not None:
+                progress.streaming = True
+            answer = _Stream()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    async for line in reply.lines():
+                        if not line.startswith(b"data:"):
+                            continue  # comments, event names, blank separators
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            answer.done = True
+                            break
+                        await self._chunk(data, answer, progress, on_delta, started)
+            except TimeoutError:
+                raise DeadlineReached() from None
+            except (httpx.HTTPError, ResponseTooLarge) as exc:
+                # Part of the answer may be out: never retried.
+                what = "was too large" if isinstance(exc, ResponseTooLarge) else "broke off"
+                raise ProviderError(f"the model provider's stream {what}", provider_ms=_ms_since(started)) from None
+        if not (answer.done or answer.finished):
+            raise ProviderError("the model provider's stream ended before the answer was complete",
+                                provider_ms=_ms_since(started))
+        usage = parse_usage(answer.usage)
+        return ChatResponse(content="".join(answer.content), tool_calls=answer.tool_calls(), usage=usage,
+                            provider_ms=_ms_since(started), usage_reported=isinstance(answer.usage, dict))
+
+    async def _chunk(self, data: bytes, answer: _Stream, progress: Progress | None, on_delta: OnDelta,
+                     started: float) -> None:
+        try:
+            chunk = loads_bounded(data)
+        except ValueError:
+            raise ProviderError("the model provider streamed a chunk that is not JSON",
+                                provider_ms=_ms_since(started)) from None
+        if not isinstance(chunk, dict):
+            raise ProviderError("the model provider streamed a malformed chunk", provider_ms=_ms_since(started))
+        if chunk.get("error") is not None:
+            # Its text is the provider's: never shown (see the module docstring).
+            raise ProviderError("the model provider reported an error in its stream", provider_ms=_ms_since(started))
+        if isinstance(chunk.get("usage"), dict):
+            answer.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            answer.finished = True
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return
+        received = 0
+        text = _content_text(delta.get("content"))
+        if text:
+            received += utf8_length(text)
+            answer.content.append(text)
+        for piece in delta.get("tool_calls") or []:
+            if not isinstance(piece, dict):
+                continue
+            index = piece.get("index", 0)
+            call = answer.calls.setdefault(index if isinstance(index, int) else 0,
+                                           {"id": None, "name": "", "arguments": []})
+            if piece.get("id"):
+                call["id"] = str(piece["id"])
+            function = piece.get("function") or {}
+            if isinstance(function, dict):
+                if isinstance(function.get("name"), str):
+                    call["name"] += function["name"]
+                    received += utf8_length(function["name"])
+                if isinstance(function.get("arguments"), str):
+                    call["arguments"].append(function["arguments"])
+                    received += utf8_length(function["arguments"])
+        if received and progress is not None:
+            progress.streamed_bytes += received
+            progress.chunks += 1
+        if text:
+            await on_delta(text)
+
+    def _response(self, reply: HttpReply | StreamReply, started: float) -> ChatResponse:
         try:
             data = reply.json()
         except ValueError:
