@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from fruxon.db import release_connection
 from fruxon.errors import Conflict, InvalidRequest, NotFound
+from monitoring import observability
 from monitoring.models import Conversation, Run
 from monitoring.recording import record_run
 
@@ -81,6 +82,7 @@ def execute(*, agent: Agent, input, revision_id: str | None = None, conversation
     context = engine.RunContext.for_spec(revision.spec, agent=agent.slug, revision_id=revision.id, shadow=shadow,
                                          started=started if started is not None else time.monotonic())
     # The engine may now wait seconds on model providers: with a pool, do not hold a connection meanwhile.
+    observability.remember_agent(agent)  # the labels of its metrics (runs, ledger refusals), without a query
     release_connection()
     result = engine.run(revision.spec, values, context=context, runtime=runtime)
     run = record_run(organization_id=agent.organization_id, agent_id=agent.pk, revision_id=revision.id,

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from fruxon.db import release_connection
 from fruxon.errors import NotFound
-from monitoring import pricing
+from monitoring import observability, pricing
 from monitoring.ledger import BudgetState, LedgerUnavailable, ledger, to_units
 from orgs.models import Integration
 from orgs.services import secrets
@@ -150,10 +150,14 @@ class DjangoRuntime(engine.Runtime):
         try:
             reservation = ledger().reserve(self._budget_state, to_units(estimate_usd))
         except LedgerUnavailable as exc:
+            observability.ledger_refused(organization_id=self.organization_id, agent_id=self.agent_id,
+                                         reason="ledger_unavailable")
             raise LedgerUnavailableError(str(exc)) from None
         finally:
             self._thread_done()
         if reservation is None:
+            observability.ledger_refused(organization_id=self.organization_id, agent_id=self.agent_id,
+                                         reason="budget_exceeded")
             raise engine.BudgetExceeded(
                 f"the agent's {self._budget_state.period} budget cannot admit this model call "
                 f"(worst case ${estimate_usd})")

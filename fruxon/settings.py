@@ -406,3 +406,36 @@ CONTENT_SECURITY_POLICY = {
 }
 # X-Content-Type-Options: nosniff is SECURE_CONTENT_TYPE_NOSNIFF above; the referrer stays on this origin.
 SECURE_REFERRER_POLICY = "same-origin"
+
+# --- Observability: /healthz, /readyz, /metrics, OTLP traces (issue 14 items 3 and 4) ------------
+# fruxon.operations answers the three paths before sessions, host checks and authentication (no
+# database or Redis touched by Django). /readyz waits this long for each of PostgreSQL and Redis.
+FRUXON_READINESS_TIMEOUT_SECONDS = float(os.environ.get("FRUXON_READINESS_TIMEOUT_SECONDS", "1"))
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware"),
+                  "fruxon.operations.OperationsMiddleware")
+# Probes and scrapers often speak plain HTTP to a pod: no redirect to HTTPS on these paths.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# /metrics is off (404) and nothing is recorded unless this is set; then it needs "Authorization:
+# Bearer <token>". Several worker processes share PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py sets
+# it up); see monitoring.observability and docs/observability.md.
+FRUXON_METRICS_TOKEN = os.environ.get("FRUXON_METRICS_TOKEN", "")
+# Runs are exported as OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set,
+# with the standard OTEL_* variables (headers, timeout, service name). Prompts, completions, tool
+# arguments and results are left out unless this opt-in is on. Runs waiting for export beyond
+# FRUXON_OTEL_QUEUE_SIZE per process are dropped (counted), never slowing an execute down.
+FRUXON_OTEL_CAPTURE_CONTENT = env_bool("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", False)
+FRUXON_OTEL_QUEUE_SIZE = int(os.environ.get("FRUXON_OTEL_QUEUE_SIZE", "2048"))
+
+# --- Rate limits (issue 14 item 1) ----------------------------------------------------------------
+# Limits per org and per API key live in the database (GET/PUT /v1/{tenant}/rate-limits, rateLimits on keys);
+# the counting is on Redis (fruxon.ratelimit): FRUXON_RATELIMIT_REDIS_URL, else REDIS_URL; without either,
+# limits are not enforced (logged). While Redis is unreachable limits fail open: each check waits at most
+# FRUXON_RATELIMIT_TIMEOUT_MS, then Redis is skipped for FRUXON_RATELIMIT_BREAKER_SECONDS, and the outage is
+# logged at most once per FRUXON_RATELIMIT_LOG_INTERVAL_SECONDS per process.
+FRUXON_RATELIMIT_REDIS_URL = os.environ.get("FRUXON_RATELIMIT_REDIS_URL", "")
+FRUXON_RATELIMIT_TIMEOUT_MS = float(os.environ.get("FRUXON_RATELIMIT_TIMEOUT_MS", "50"))
+FRUXON_RATELIMIT_BREAKER_SECONDS = float(os.environ.get("FRUXON_RATELIMIT_BREAKER_SECONDS", "5"))
+FRUXON_RATELIMIT_LOG_INTERVAL_SECONDS = float(os.environ.get("FRUXON_RATELIMIT_LOG_INTERVAL_SECONDS", "60"))
+# Tests only (honoured only with FRUXON_TESTING): the limiter's clock is this Redis key's value (ms), so a test
+# drives the time of every server process at once.
+FRUXON_RATELIMIT_CLOCK_KEY = os.environ.get("FRUXON_RATELIMIT_CLOCK_KEY", "")

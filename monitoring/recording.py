@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from agents.engine import RunResult
 from fruxon.db import pg_json
 
+from . import observability
 from .models import Conversation, Run, Span
 
 
@@ -156,11 +157,12 @@ def record_run(*, organization_id: int, agent_id: int, revision_id: str, result:
                         source=source, input=input, api_key_id=api_key_id)
     if conversation_key is None:
         _write_run_and_spans(run, spans)
-        return run
-    with transaction.atomic():
-        run.conversation = continue_conversation(organization_id=organization_id, agent_id=agent_id,
-                                                 key=conversation_key)
-        _write_run_and_spans(run, spans)
+    else:
+        with transaction.atomic():
+            run.conversation = continue_conversation(organization_id=organization_id, agent_id=agent_id,
+                                                     key=conversation_key)
+            _write_run_and_spans(run, spans)
+    observability.run_recorded(run, result)  # metrics and OTLP export, once committed
     return run
 
 
@@ -180,4 +182,6 @@ def record_runs(*, organization_id: int, agent_id: int, revision_id: str, source
         spans.extend(run_spans)
     if runs:
         _write_runs_and_spans(runs, spans)
+        for run, (result, _) in zip(runs, entries):
+            observability.run_recorded(run, result)
     return runs

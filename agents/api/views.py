@@ -18,7 +18,7 @@ from fruxon.errors import Conflict, InvalidRequest
 from deployments import shadow
 from django.utils import timezone
 
-from monitoring import pricing
+from monitoring import observability, pricing
 from monitoring.ledger.base import period_bounds
 from orgs.actor import Actor
 from orgs.roles import ADMIN, EDITOR, OWNER, VIEWER
@@ -259,6 +259,7 @@ class ExecuteView(OrgScopedAPIView):
         overhead = (time.monotonic() - started) * 1000.0 - result.provider_ms
         response["X-Fruxon-Overhead-Ms"] = f"{max(overhead, 0.0):.2f}"
         response["X-Fruxon-Run-Id"] = run.id
+        observability.execute_overhead(organization=self.organization, agent=self.agent, seconds=overhead / 1000.0)
         return response
 
 
