@@ -36,3 +36,29 @@ def update_settings(*, actor: Actor, organization: Organization, changes: dict) 
         audit.record(organization=org, actor=actor, action="org.settings_changed", target_type="organization",
                      target_id=org.slug, data={"before": before, "after": changes})
     return org
+
+
+def rotate_webhook_secret(*, actor: Actor, organization: Organization, grace_seconds: int) -> tuple[Organization, str]:
+    """Make a new alert-webhook signing secret ``whsec_...`` and return it (shown once; stored for signing).
+
+    The replaced secret keeps signing as a second ``webhook-signature`` entry for ``grace_seconds``
+    (0: it stops at once, e.g. after a leak), so receivers can move to the new one without missing
+    a delivery. A rotation during a grace period drops the older secret. Audited without the secret.
+    """
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from orgs.models import _webhook_secret
+
+    with transaction.atomic():
+        org = Organization.objects.select_for_update().get(pk=organization.pk)
+        new = _webhook_secret()
+        until = timezone.now() + timedelta(seconds=grace_seconds) if grace_seconds > 0 else None
+        org.webhook_secret_previous = org.webhook_secret if until else ""
+        org.webhook_secret_previous_until = until
+        org.webhook_secret = new
+        org.save(update_fields=["webhook_secret", "webhook_secret_previous", "webhook_secret_previous_until"])
+        audit.record(organization=org, actor=actor, action="org.webhook_secret_rotated", target_type="organization",
+                     target_id=org.slug, data={"previousSignsUntil": until.isoformat() if until else None})
+    return org, new
