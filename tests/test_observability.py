@@ -146,6 +146,22 @@ def test_readyz_503_names_database_when_unreachable_and_healthz_still_answers():
                 assert error["details"]["components"]["redis"]["status"] == "up"
 
 
+def test_operations_paths_answer_under_asgi_too(db, settings):
+    """Under ASGI the middleware runs async; the checks that wait on the network run off the event loop."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    settings.REDIS_URL = REDIS_URL
+    settings.FRUXON_METRICS_TOKEN = TOKEN
+    client = AsyncClient()
+    assert async_to_sync(client.get)("/healthz").json() == {"status": "ok"}
+    ready = async_to_sync(client.get)("/readyz")
+    assert ready.status_code == 200 and ready.json()["components"]["database"]["status"] == "up"
+    scraped = async_to_sync(client.get)("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert scraped.status_code == 200 and b"fruxon_executions" in scraped.content
+    assert async_to_sync(client.get)("/metrics").status_code == 401
+
+
 # --- /metrics: access --------------------------------------------------------------------------
 
 def test_metrics_404_without_the_token_setting(client, settings):
