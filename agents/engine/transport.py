@@ -21,7 +21,9 @@ whole exchange by the deadline with :func:`asyncio.timeout`, not only each read)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
+import sys
 import threading
 import time
 import weakref
@@ -108,13 +110,25 @@ def post_json(client: httpx.Client, url: str, *, payload: Any, headers: Mapping[
 
 # --- async ------------------------------------------------------------------------
 
-# Bounds of each event loop's pooled client: enough for the in-flight targets of one server
-# process (DESIGN "The execute hot path"); past them a call waits for a connection, never
-# past its deadline. A host may change these before the first run of a process.
-ASYNC_LIMITS = httpx.Limits(max_connections=2000, max_keepalive_connections=256, keepalive_expiry=30.0)
+# Each event loop's pool is ASYNC_CLIENT_SHARDS httpx clients, dealt to runs in turn: httpcore
+# scans every connection of a pool on each request and each release (measured: with hundreds
+# of connections in one pool the scan cost more CPU than the rest of a run), so a pool of
+# N connections costs N/shards per request. ASYNC_LIMITS bounds each shard; together they
+# hold the in-flight targets of one server process (DESIGN "The execute hot path"); past them
+# a call waits for a connection, never past its deadline. A host may change both before the
+# first run of a process.
+ASYNC_CLIENT_SHARDS = 16
+ASYNC_LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=16, keepalive_expiry=30.0)
 
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[httpx.AsyncClient]] = \
+    weakref.WeakKeyDictionary()
+_next_shard = itertools.count()
 _ssl_context: ssl.SSLContext | None = None
+
+try:  # httpcore asks which async library runs on every lock it makes, by importing sniffio
+    import sniffio  # noqa: F401
+except ImportError:  # absent, each of those imports searched sys.path again (~0.3 ms a request)
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 
 def shared_ssl_context() -> ssl.SSLContext:
@@ -128,18 +142,25 @@ def shared_ssl_context() -> ssl.SSLContext:
 
 
 def default_async_client() -> httpx.AsyncClient:
-    """The pooled ``httpx.AsyncClient`` of the running event loop (one per loop, so one per
-    server process; the sync entry points' per-thread loops each keep theirs from run to run).
+    """A client of the running event loop's pool (one pool per loop, so one per server process;
+    the sync entry points' per-thread loops each keep theirs from run to run), in turn among its
+    :data:`ASYNC_CLIENT_SHARDS` shards: a run keeps the one it was dealt.
 
     Its connections go through the egress policy (:func:`agents.engine.egress.async_client`),
     redirects are not followed, proxies from the environment are not used, and the pool is
     bounded by :data:`ASYNC_LIMITS`.
     """
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
+    shards = _async_clients.get(loop)
+    if shards is None:
+        shards = _async_clients[loop] = []
+    index = next(_next_shard) % ASYNC_CLIENT_SHARDS
+    while len(shards) <= index:
+        shards.append(None)  # type: ignore[arg-type]
+    client = shards[index]
     if client is None or client.is_closed:
-        client = _async_clients[loop] = egress.async_client(limits=ASYNC_LIMITS, verify=shared_ssl_context(),
-                                                            follow_redirects=False)
+        client = shards[index] = egress.async_client(limits=ASYNC_LIMITS, verify=shared_ssl_context(),
+                                                     follow_redirects=False)
     return client
 
 
