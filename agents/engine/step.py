@@ -34,9 +34,11 @@ by the run's cancellation (:class:`asyncio.CancelledError`) or by the deadline
 bound plus, for a streamed call, the output streamed so far (its UTF-8 bytes, capped at
 ``maxTokens``: no tokenizer makes more tokens than bytes) or, for a call not streamed,
 ``maxTokens`` (nothing of the answer was seen), each side at its dearer rate; its span says
-``usageBound: true``. A call interrupted before its request went out costs 0, as does a
-call the provider refused or failed (HTTP errors, malformed answers). A streamed answer
-without a usage chunk is billed the same bound. Settling is never abandoned half way: a
+``usageBound: true``. A stream that fails after part of the answer came (it broke off, or
+an error event) is billed the same way: the part that came was generated. A call interrupted
+before its request went out costs 0, as does a call the provider refused or failed before
+answering (HTTP errors, malformed answers). A streamed answer without a usage chunk is billed
+the same bound. Settling is never abandoned half way: a
 cancellation that arrives while a reservation is made or settled waits for it.
 
 Events (when the run has ``events``; top-level steps only, not those of sub-runs):
@@ -361,7 +363,9 @@ async def _call_model(frame: Frame, state: RunState, span_id: str, model: Mappin
             ChatRequest(model=model, messages=list(conversation.messages), tools=tools, context=context),
             deadline=frame.deadline, progress=progress, on_delta=output.delta if output is not None else None)
     except BaseException as exc:
-        interrupted = isinstance(exc, (asyncio.CancelledError, ProviderTimeout))
+        # A stream that broke off after part of the answer came was billed for that part, too.
+        interrupted = isinstance(exc, (asyncio.CancelledError, ProviderTimeout)) or (
+            isinstance(exc, ProviderError) and progress.streaming and progress.streamed_bytes > 0)
         billed = _interrupted_usage(progress, input_bound, max_tokens) if interrupted else None
         cost = estimate_usd(billed.input_tokens, billed.output_tokens, price) if billed else Decimal(0)
         if isinstance(exc, EngineError):

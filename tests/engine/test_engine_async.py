@@ -373,7 +373,11 @@ def test_item4_provider_error_mid_stream_fails_the_run_with_its_spans(openai_stu
     assert events.names()[-1] == "step.completed" and events.events[-1][1]["status"] == "error"
     assert events.text() == "one two "
     assert len(stub.requests) == 1  # part of the answer was out: not retried
-    assert runtime.reserved == 0
+    # What came was generated: billed as the input's bound plus the bytes streamed.
+    bound = input_token_bound([{"role": "user", "content": "count"}], [])
+    cost = estimate_usd(bound, len("one two "), PRICES[("openai", "gpt-4o-mini")])
+    assert (llm.input_tokens, llm.output_tokens, llm.cost_usd) == (bound, len("one two "), cost)
+    assert runtime.actuals == [cost] and runtime.reserved == 0
 
     local_spec = {"steps": [{"name": "s", "prompt": "x",
                              "model": local([{"chunks": ["a", "b"], "error": "provider_error"}])}]}
