@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 logger = logging.getLogger(__name__)
@@ -371,7 +371,9 @@ class _Exporter:
             if self._configured:
                 return
             if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter,
+                )
                 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
                 self._install(BatchSpanProcessor(OTLPSpanExporter()))
@@ -448,7 +450,8 @@ flush_traces = _exporter.flush
 
 def export_run(tracer, run, result, org: str, agent: str) -> None:
     """One run as one trace: an ``invoke_agent`` span with its recorded spans below it, at their real times."""
-    from opentelemetry import context as otel_context, trace
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
     capture = capture_content()

@@ -199,7 +199,7 @@ def _priced(org, agent):
     from .builders import SYSTEM
 
     set_overrides(actor=SYSTEM, organization=org, agent=agent, rows=[{
-        "provider": "fruxon-local", "model": "*", "inputPerMillion": Decimal("10000"), "outputPerMillion": Decimal("10000")}])
+        "provider": "fruxon-local", "model": "*", "inputPerMillion": Decimal(10000), "outputPerMillion": Decimal(10000)}])
 
 
 def test_metrics_count_exactly_the_executes_made(org, api, client, metrics_on, settings,
@@ -364,7 +364,9 @@ def test_metrics_sum_the_executes_of_two_gunicorn_workers(tmp_path):
 @pytest.fixture
 def memory_exporter():
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
 
     exporter = InMemorySpanExporter()
     observability.configure_tracing(SimpleSpanProcessor(exporter))
@@ -379,7 +381,7 @@ SECRET_VALUE = "sk-otlp-test-9f8e7d6c5b4a39281706"
 def _traced_agent(org):
     """A router whose model (an OpenAI-compatible stub, authenticated with a secret) calls a tool and a
     sub-agent, then answers."""
-    from agents.engine.testing import start_json_server, start_openai_stub, StubReply
+    from agents.engine.testing import StubReply, start_json_server, start_openai_stub
 
     tool_base, tool_server = start_json_server(lambda request: StubReply(200, {"order": "shipped"}))
     base_url, model_server = start_openai_stub(script=[
@@ -400,7 +402,7 @@ def _traced_agent(org):
 
 
 def _run_traced(org, api, capture_commits):
-    agent, revision, servers = _traced_agent(org)
+    _, revision, servers = _traced_agent(org)
     _, key = f.api_key(org, preset="runner")
     try:
         with capture_commits(execute=True):
@@ -474,7 +476,7 @@ def test_otlp_exports_a_run_as_a_trace_with_genai_attributes(org, api, memory_ex
     exported = json.dumps([{"name": s.name, **dict(s.attributes)} for s in spans], default=str)
     assert SECRET_VALUE not in exported
     assert "secret plans" not in exported and "all done" not in exported and "shipped" not in exported
-    assert not any(key.startswith("gen_ai.input") or key.startswith("gen_ai.output") for s in spans for key in s.attributes)
+    assert not any(key.startswith(("gen_ai.input", "gen_ai.output")) for s in spans for key in s.attributes)
 
 
 def test_otlp_content_capture_is_opt_in_and_still_without_secrets(org, api, memory_exporter, settings, django_capture_on_commit_callbacks):
