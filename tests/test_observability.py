@@ -258,6 +258,24 @@ def test_metrics_count_exactly_the_executes_made(org, api, client, metrics_on, s
         before, "fruxon_rate_limited_total", scope="org:requests", org="acme") == 1
 
 
+def test_metrics_count_ledger_unavailable_refusals(org, api, client, metrics_on, django_capture_on_commit_callbacks):
+    """An enforced budget whose ledger cannot be reached refuses the call (503): counted as ledger_unavailable."""
+    agent, _ = agent_with_revision(org, "support")
+    _priced(org, agent)
+    Budget.objects.create(organization=org, agent=agent, period="day", amount_usd=Decimal(100), enforce=True)
+    _, key = f.api_key(org, preset="runner")
+    before = scrape(client)
+    with override_settings(FRUXON_LEDGER="redis", FRUXON_LEDGER_REDIS_URL=f"redis://127.0.0.1:{_closed_port()}/0"), \
+            django_capture_on_commit_callbacks(execute=True):
+        answer = api.as_key(key).post("/v1/acme/agents/support:execute", {"input": {"question": "q"}}, format="json")
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "ledger_unavailable"
+    after = scrape(client)
+    labels = {"org": "acme", "agent": "support", "reason": "ledger_unavailable"}
+    assert total(after, "fruxon_ledger_refusals_total", **labels) - total(before, "fruxon_ledger_refusals_total", **labels) == 1
+    assert total(after, "fruxon_ledger_refusals_total", reason="budget_exceeded") == total(
+        before, "fruxon_ledger_refusals_total", reason="budget_exceeded")
+
+
 def test_metrics_read_queue_depth_from_the_broker(client, metrics_on, settings):
     import redis
 
