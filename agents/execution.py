@@ -10,6 +10,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from fruxon import ratelimit
 from fruxon.db import release_connection
 from fruxon.errors import Conflict, InvalidRequest, NotFound
 from monitoring import observability
@@ -27,6 +28,10 @@ CONVERSATION_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 class Execution:
     run: Run
     result: engine.RunResult
+    # The tokens-per-minute refusal that stopped the run (status error, code rate_limited), for Retry-After.
+    rate_refusal: object | None = None
+    # The executions-per-minute admission (fruxon.ratelimit.Decision), for the answer's RateLimit-* headers.
+    rate_decision: object | None = None
 
 
 def resolve_revision(*, agent: Agent, revision_id: str | None) -> tuple[Revision, str]:
@@ -59,11 +64,15 @@ def validate_input(spec: dict, data) -> dict:
 
 def execute(*, agent: Agent, input, revision_id: str | None = None, conversation_key: str | None = None,
             api_key_id: int | None = None, source: str | None = None, shadow: bool = False,
-            started: float | None = None) -> Execution:
+            started: float | None = None, rate_limited_for: tuple | None = None) -> Execution:
     """Run ``agent`` once and record it. Raises the API's 400/404/409 errors before running.
 
     ``started`` (a ``time.monotonic()``) lets the caller count time already
     spent (authentication, lookups) against the spec's ``timeoutSeconds``.
+    ``rate_limited_for`` = ``(organization, api_key or None)``: the caller's rate limits apply
+    (``fruxon.ratelimit``): executions per minute once the request is valid (429 ``rate_limited``
+    before running, nothing recorded), tokens per minute before each model call (reserved at the
+    call's upper bound, settled to its usage; a call not admitted stops the run with ``rate_limited``).
     """
     revision, resolved_source = resolve_revision(agent=agent, revision_id=revision_id)
     values = validate_input(revision.spec, input)
@@ -78,7 +87,13 @@ def execute(*, agent: Agent, input, revision_id: str | None = None, conversation
                            details={"conversationId": conversation_key})
     # The budget rides along with the agent on the API path (agents.scoping); one query elsewhere.
     budget = getattr(agent, "budget", None)
-    runtime = DjangoRuntime(organization_id=agent.organization_id, agent_id=agent.pk, budget=budget)
+    token_limits, admitted = (), None
+    if rate_limited_for is not None:
+        organization, key = rate_limited_for
+        admitted = ratelimit.admit("executions", organization=organization, api_key=key)
+        token_limits = ratelimit.limits_for("tokens", organization=organization, api_key=key)
+    runtime = DjangoRuntime(organization_id=agent.organization_id, agent_id=agent.pk, budget=budget,
+                            token_limits=token_limits)
     context = engine.RunContext.for_spec(revision.spec, agent=agent.slug, revision_id=revision.id, shadow=shadow,
                                          started=started if started is not None else time.monotonic())
     # The engine may now wait seconds on model providers: with a pool, do not hold a connection meanwhile.
@@ -89,4 +104,4 @@ def execute(*, agent: Agent, input, revision_id: str | None = None, conversation
                      result=result, source=source or resolved_source, input=input, api_key_id=api_key_id,
                      conversation_key=conversation_key)
     runtime.alert_if_needed()
-    return Execution(run=run, result=result)
+    return Execution(run=run, result=result, rate_refusal=runtime.rate_refusal, rate_decision=admitted)

@@ -68,8 +68,11 @@ class DjangoRuntime(engine.Runtime):
     # The run limits of settings (FRUXON_MAX_MODEL_CALLS_PER_RUN, FRUXON_MAX_SPANS_PER_RUN), read when a run starts.
     limits = property(lambda self: engine_limits())
 
-    def __init__(self, *, organization_id: int, agent_id: int, budget=None):
+    def __init__(self, *, organization_id: int, agent_id: int, budget=None, token_limits=()):
         self.organization_id = organization_id
+        # Tokens-per-minute limits of the caller (fruxon.ratelimit.Limit); empty when none apply.
+        self.token_limits = tuple(token_limits)
+        self.rate_refusal = None  # the limiter's refusal that stopped this run, if one did
         self.agent_id = agent_id
         self._lock = threading.Lock()
         self._prices: dict | None = None
@@ -143,9 +146,12 @@ class DjangoRuntime(engine.Runtime):
                     self._thread_done()
         return pricing.lookup(self._prices, provider, model)
 
-    def before_model_call(self, estimate_usd: Decimal) -> None:
-        """Reserve the call's worst case on the ledger; refuse past the cap; fail closed when unreachable."""
+    def before_model_call(self, estimate_usd: Decimal, tokens: int | None = None) -> None:
+        """Reserve the call's worst case on the ledger; refuse past the cap; fail closed when unreachable.
+        Then reserve its upper bound of ``tokens`` on the rate limiter (tokens per minute, fail open):
+        refused, the budget reservation is released and the run stops with ``rate_limited``."""
         if self._budget_state is None:
+            self._push(None, self._reserve_tokens(tokens, None))
             return
         try:
             reservation = ledger().reserve(self._budget_state, to_units(estimate_usd))
@@ -161,17 +167,49 @@ class DjangoRuntime(engine.Runtime):
             raise engine.BudgetExceeded(
                 f"the agent's {self._budget_state.period} budget cannot admit this model call "
                 f"(worst case ${estimate_usd})")
+        self._push(reservation, self._reserve_tokens(tokens, reservation))
+
+    def _push(self, reservation, admitted) -> None:
+        """Keep this thread's open reservations (budget, tokens) for ``after_model_call``."""
+        if self._budget_state is None and not self.token_limits:
+            return
         stack = getattr(self._open, "stack", None)
         if stack is None:
             stack = self._open.stack = []
-        stack.append(reservation)
+        stack.append((reservation, admitted))
 
-    def after_model_call(self, actual_usd: Decimal) -> None:
-        """Settle the reservation this thread made to the actual cost."""
+    def _reserve_tokens(self, tokens: int | None, reservation):
+        """Admit ``tokens`` against the tokens-per-minute limits (the key's and the org's), or raise
+        ``RateLimitedError`` after releasing the call's budget ``reservation``. None when nothing was reserved."""
+        if not self.token_limits or tokens is None:
+            return None
+        from fruxon import ratelimit
+
+        decision = ratelimit.limiter().check(self.token_limits, int(tokens))
+        if decision.allowed:
+            return decision if decision.enforced else None
+        if reservation is not None:
+            try:
+                ledger().settle(reservation, 0)
+            except Exception:  # the stale sweep releases it
+                logger.exception("could not release a budget reservation")
+            finally:
+                self._thread_done()
+        self.rate_refusal = decision
+        raise RateLimitedError(ratelimit.refusal(decision).message)
+
+    def after_model_call(self, actual_usd: Decimal, tokens: int | None = None) -> None:
+        """Settle the reservations this thread made: the budget's to the actual cost, the tokens' to ``tokens``."""
         stack = getattr(self._open, "stack", None)
         if not stack:
             return
-        reservation = stack.pop()
+        reservation, admitted = stack.pop()
+        if admitted is not None:
+            from fruxon import ratelimit
+
+            ratelimit.limiter().settle(admitted, tokens or 0)
+        if reservation is None:
+            return
         actual = to_units(actual_usd, round_up=False)
         try:
             spent = ledger().settle(reservation, actual)
@@ -201,6 +239,12 @@ class DjangoRuntime(engine.Runtime):
 
         defer(check_thresholds, self.budget.pk, int(self._budget_state.period_start.timestamp()),
               self.spent_before, self.spent_after)
+
+
+class RateLimitedError(engine.EngineError):
+    """A model call's tokens do not fit the caller's tokens-per-minute limit: the run stops before the call."""
+
+    code = "rate_limited"
 
 
 class LedgerUnavailableError(engine.EngineError):

@@ -34,7 +34,7 @@ from fruxon.errors import Conflict, FruxonError
 from orgs.api.serializers import HttpConfig
 from orgs.models import ApiKey, AuditEvent, Integration, Membership, Organization, Secret, slug_validator
 from orgs.roles import ALL_SCOPES, EDITOR, OWNER, PRESETS
-from orgs.services import api_keys, integrations, members, organizations, secrets
+from orgs.services import api_keys, integrations, members, organizations, rate_limits, secrets
 
 
 class CommaSeparatedField(forms.CharField):
@@ -77,7 +77,8 @@ class OrganizationAdmin(OrgScopedAdmin):
     search_fields = ("slug", "name")
 
     def get_fields(self, request, obj=None):
-        return ("slug", "name", "retention_days") + (() if obj is None else ("created_at",))
+        # Rate limits (issue 14 item 1): set by owners here or over the API, through the same service.
+        return ("slug", "name", "retention_days") + (() if obj is None else ("created_at", *rate_limits.FIELDS))
 
     def get_readonly_fields(self, request, obj=None):
         return () if obj is None else ("slug", "created_at")
@@ -90,6 +91,10 @@ class OrganizationAdmin(OrgScopedAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
+            if any(name in form.changed_data for name in rate_limits.FIELDS):
+                limited = rate_limits.set_org_limits(actor=actor_for(request), organization=obj, limits={
+                    name: form.cleaned_data[name] for name in rate_limits.FIELDS})
+                adopt(obj, limited)
             changes = {name: form.cleaned_data[name] for name in ("name", "retention_days") if name in form.changed_data}
             if not changes:
                 return
@@ -168,7 +173,7 @@ class ApiKeyAddForm(OrgScopedModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ("organization", "name", "preset", "scopes", "agents", "expires_at")
+        fields = ("organization", "name", "preset", "scopes", "agents", "expires_at", *rate_limits.FIELDS)
 
     def clean(self):
         cleaned = super().clean()
@@ -181,8 +186,9 @@ class ApiKeyAddForm(OrgScopedModelForm):
 class ApiKeyAdmin(OrgScopedAdmin):
     """Owners create and revoke keys. The plaintext is shown once, in a message; the hash never.
 
-    A key has no editable field after creation (the service offers none), and
-    keys are revoked rather than deleted so audit events keep pointing at them.
+    After creation only a key's rate limits are editable (``rate_limits.set_key_limits``, as
+    ``PATCH /api-keys/{id}``), and keys are revoked rather than deleted so audit events keep
+    pointing at them.
     """
 
     view_role = OWNER
@@ -194,6 +200,7 @@ class ApiKeyAdmin(OrgScopedAdmin):
     # key_hash is in no list, form or detail: a leaked hash is not a credential, but it is nobody's business.
     detail_fields = ("organization", "name", "prefix", "scopes", "agents", "created_by", "created_at",
                      "expires_at", "revoked_at", "last_used_at", "rotated_from")
+    limit_fields = rate_limits.FIELDS
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
@@ -201,14 +208,14 @@ class ApiKeyAdmin(OrgScopedAdmin):
         return super().get_form(request, obj, **kwargs)
 
     def get_fields(self, request, obj=None):
-        return ApiKeyAddForm.Meta.fields if obj is None else self.detail_fields
+        return ApiKeyAddForm.Meta.fields if obj is None else self.detail_fields + self.limit_fields
 
     def get_readonly_fields(self, request, obj=None):
-        return () if obj is None else self.detail_fields  # organization included
+        return () if obj is None else self.detail_fields  # organization included; the rate limits stay editable
 
     def has_change_permission(self, request, obj=None) -> bool:
-        # Without an object this gates the revoke action; an existing key has nothing to edit.
-        return obj is None and super().has_change_permission(request)
+        # Without an object this gates the revoke action; on a key, its rate limits (owners).
+        return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
@@ -223,9 +230,16 @@ class ApiKeyAdmin(OrgScopedAdmin):
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
+        if change:
+            limits = {name: data[name] for name in self.limit_fields if name in form.changed_data}
+            if limits:
+                adopt(obj, rate_limits.set_key_limits(actor=actor_for(request), organization=obj.organization,
+                                                      key_id=obj.pk, limits=limits))
+            return
         minted = api_keys.create_key(
             actor=actor_for(request), organization=data["organization"], name=data["name"],
             scopes=data["scopes"], preset=data["preset"] or None, agents=data["agents"], expires_at=data["expires_at"],
+            rate_limits={name: data[name] for name in self.limit_fields if data.get(name) is not None},
         )
         adopt(obj, minted.key)
         # The only time the plaintext exists outside the caller's hands.

@@ -23,9 +23,11 @@ secret_name_validator = RegexValidator(
 
 
 def _webhook_secret() -> str:
+    """A Standard Webhooks signing secret: ``whsec_`` and the standard base64 of 32 random bytes (the HMAC key)."""
+    import base64
     import secrets
 
-    return "whsec_" + secrets.token_urlsafe(32)
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 class Organization(models.Model):
@@ -35,8 +37,16 @@ class Organization(models.Model):
         default=30, validators=[MinValueValidator(1), MaxValueValidator(3650)]
     )
     created_at = models.DateTimeField(default=timezone.now)
-    # Signs alert webhooks (HMAC-SHA256); shown to owners in /settings so receivers can verify.
+    # Signs alert webhooks (Standard Webhooks, monitoring.alerts); shown once, by settings/webhook-secret:rotate.
     webhook_secret = models.CharField(max_length=80, default=_webhook_secret)
+    # After a rotation the replaced secret also signs until this moment (a second signature), so receivers
+    # can switch at their pace; empty / null when there is none.
+    webhook_secret_previous = models.CharField(max_length=80, blank=True, default="", db_default="")
+    webhook_secret_previous_until = models.DateTimeField(null=True, blank=True)
+    # Rate limits for the whole org (fruxon.ratelimit); null = unlimited. Set through orgs.services.rate_limits.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    executions_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["slug"]
@@ -81,6 +91,10 @@ class ApiKey(TenantModel):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     rotated_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # This key's own rate limits, within the org's (fruxon.ratelimit); null = only the org's apply.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    executions_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

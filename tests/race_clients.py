@@ -13,14 +13,16 @@ import time
 from urllib.parse import urlsplit
 
 
-def fire(base: str, key: str, path: str, first: int, count: int, barrier, queue, questions=None) -> None:
+def fire(base: str, key: str, path: str, first: int, count: int, barrier, queue, questions=None,
+         headers: tuple[str, ...] = ()) -> None:
     """In a client process: ``count`` threads, one execute each, released together with the other processes.
 
     Every thread connects first and waits; when ``barrier`` (shared by all
     client processes) trips, all send at once. Plain ``http.client`` keeps the
     clients' CPU small (two cores serve clients and server alike). Puts a list of
     ``(status, started, ended, error code or "")`` (wall-clock seconds) on ``queue``.
-    Call ``n`` asks ``questions[n % len(questions)]`` when given, else ``q<n>``.
+    Call ``n`` asks ``questions[n % len(questions)]`` when given, else ``q<n>``. With ``headers``,
+    each row gets a fifth element: ``{name: value or None}`` of those response headers.
     """
     host, _, port = urlsplit(base).netloc.partition(":")
     ready = threading.Barrier(count + 1)
@@ -52,7 +54,8 @@ def fire(base: str, key: str, path: str, first: int, count: int, barrier, queue,
                     code = json.loads(payload)["error"]["code"]
                 except Exception:  # noqa: BLE001 - reported as the raw status
                     code = "?"
-            results[index] = (response.status, started, time.time(), code)
+            row = (response.status, started, time.time(), code)
+            results[index] = row + ({name: response.getheader(name) for name in headers},) if headers else row
         finally:
             conn.close()
 
@@ -69,11 +72,11 @@ def fire(base: str, key: str, path: str, first: int, count: int, barrier, queue,
 
 
 def fire_from_processes(base: str, key: str, path: str, *, processes: int, threads: int,
-                        questions=None) -> list[tuple]:
+                        questions=None, headers: tuple[str, ...] = ()) -> list[tuple]:
     """``processes`` spawned client processes of ``threads`` calls each, all released at once; every row."""
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=fire, args=(base, key, path, n * threads, threads, barrier, queue, questions),
+    procs = [ctx.Process(target=fire, args=(base, key, path, n * threads, threads, barrier, queue, questions, headers),
                          daemon=True) for n in range(processes)]
     for proc in procs:
         proc.start()

@@ -298,7 +298,8 @@ def test_api_key_plaintext_is_shown_once_and_the_hash_never(owner, org):
         assert page.status_code == 200
         assert plaintext.encode() not in page.content and key.key_hash.encode() not in page.content
     assert key.prefix.encode() in changelist.content
-    assert b'name="_save"' not in detail.content  # keys have nothing to edit after creation
+    # After creation only the key's rate limits are editable (issue 14 item 1).
+    assert b'name="requests_per_minute"' in detail.content and b'name="name"' not in detail.content
 
 
 def test_api_key_needs_scopes_or_a_preset(owner, org):

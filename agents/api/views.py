@@ -31,7 +31,7 @@ from . import serializers as s
 
 # Non-ok runs answer with the error shape; the status says whose fault it was.
 RUN_ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "timeout": 504, "budget_exceeded": 429,
-                    "ledger_unavailable": 503}
+                    "ledger_unavailable": 503, "rate_limited": 429}
 RUN_FAILED_STATUS = 422
 
 
@@ -217,7 +217,11 @@ class ExecuteView(OrgScopedAPIView):
                                              "would have gone to a host it does not allow, nothing was sent, ...); "
                                              "the run is recorded"),
             429: OpenApiResponse(description="budget_exceeded: the budget's hard cap cannot admit the run; "
-                                             "Retry-After says when the period resets"),
+                                             "Retry-After says when the period resets. rate_limited: past the "
+                                             "requests or executions per minute of the key or org (nothing run), or "
+                                             "a model call's tokens do not fit the tokens per minute (the run is "
+                                             "recorded, stopped before that call); Retry-After and RateLimit-* say "
+                                             "when it would pass"),
             503: OpenApiResponse(description="ledger_unavailable: the budget ledger cannot be reached, so the run "
                                              "is refused (fail closed) and the refusal recorded"),
             502: OpenApiResponse(description="provider_error; the run is recorded (details.runId)"),
@@ -232,8 +236,10 @@ class ExecuteView(OrgScopedAPIView):
         outcome = execution.execute(
             agent=self.agent, input=data["input"], revision_id=data.get("revisionId"),
             conversation_key=data.get("conversationId"), api_key_id=getattr(self.api_key, "pk", None), started=started,
+            rate_limited_for=(self.organization, self.api_key),
         )
         run, result = outcome.run, outcome.result
+        self.note_rate_limit(outcome.rate_decision)
         shadow.maybe_enqueue(agent=self.agent, run=run)
         body = {
             "runId": run.id, "revisionId": run.revision_id, "status": run.status, "source": run.source,
@@ -256,6 +262,9 @@ class ExecuteView(OrgScopedAPIView):
                 # Retry when the budget period resets.
                 _, resets = period_bounds(self.agent.budget.period, timezone.now())
                 response["Retry-After"] = str(max(1, int((resets - timezone.now()).total_seconds())))
+            if code == "rate_limited" and outcome.rate_refusal is not None:  # tokens per minute stopped the run
+                for name, value in outcome.rate_refusal.headers().items():
+                    response[name] = value
         overhead = (time.monotonic() - started) * 1000.0 - result.provider_ms
         response["X-Fruxon-Overhead-Ms"] = f"{max(overhead, 0.0):.2f}"
         response["X-Fruxon-Run-Id"] = run.id

@@ -15,6 +15,11 @@
    as ``self.object`` before the handler reads any body;
 6. ``get_queryset`` is always filtered to the org.
 
+Between 3 and 4, requests per minute are counted (``fruxon.ratelimit``): an API key
+against its own limit and its org's, a person against the org's; past one, 429
+``rate_limited`` with ``Retry-After`` and ``RateLimit-*`` headers (those also on
+answers a limit applied to).
+
 Subclasses cannot override ``initial``, ``get_queryset``, ``check_permissions``,
 ``get_permissions`` or ``get_authenticators`` (``__init_subclass__`` refuses the
 class). They narrow a queryset with ``refine_queryset``. The only escape hatch,
@@ -79,6 +84,7 @@ class _TenantScoped:
     agent = None
     role: str | None = None
     api_key: ApiKey | None = None
+    rate_limit_headers: dict[str, str] | None = None
 
     _BASES = {"_TenantScoped", "OrgScopedAPIView", "OrgScopedViewSet", "OrgScopedGenericAPIView"}
 
@@ -112,6 +118,7 @@ class _TenantScoped:
                     api_key=self.api_key,
                     select_related=self.agent_select_related,
                 )
+        self._check_rate_limits()
         self.object = None
         lookup = getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", None)
         names_object = lookup in kwargs and request.method not in self.upsert_methods
@@ -131,6 +138,35 @@ class _TenantScoped:
             # Objects named in the URL resolve inside the org before any body is
             # read: another org's id is a 404 whatever the body holds.
             self.object = self.get_object()
+
+    def _check_rate_limits(self) -> None:
+        """Requests per minute (fruxon.ratelimit), once the org is known: an API key counts against its own
+        limit and its org's, a person against the org's. No query: both rows are already loaded."""
+        from fruxon import ratelimit
+
+        limits = ratelimit.limits_for("requests", organization=self.organization, api_key=self.api_key)
+        if not limits:
+            return
+        decision = ratelimit.limiter().check(limits)
+        self.rate_limit_headers = decision.headers()
+        if not decision.allowed:
+            raise ratelimit.refusal(decision)
+
+    def note_rate_limit(self, decision) -> None:
+        """Answer with ``decision``'s RateLimit-* headers (e.g. an execute's executions per minute) when its
+        limit is closer to refusing than the request's own."""
+        headers = decision.headers() if decision is not None else {}
+        current = self.rate_limit_headers
+        if headers and (not current or int(headers["RateLimit-Remaining"]) < int(current["RateLimit-Remaining"])):
+            self.rate_limit_headers = headers
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # The RateLimit-* headers of this request's check, unless the answer carries a refusal's own.
+        if self.rate_limit_headers and "RateLimit-Limit" not in response:
+            for name, value in self.rate_limit_headers.items():
+                response[name] = value
+        return response
 
     def _apply_agent(self, request, agent) -> None:
         """Make ``agent`` the one this request acts on: its grants set the person's role, a key must allow it."""

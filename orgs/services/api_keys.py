@@ -42,10 +42,12 @@ def _within_actor(actor: Actor, organization: Organization, *, scopes, agents, e
 
 
 def create_key(*, actor: Actor, organization: Organization, name: str, scopes: list[str] | None = None,
-               preset: str | None = None, agents: list[str] | None = None, expires_at=None) -> MintedKey:
+               preset: str | None = None, agents: list[str] | None = None, expires_at=None,
+               rate_limits: dict | None = None) -> MintedKey:
     """Mint a key. Its scopes, agent list and expiry must be within the actor's own (403 otherwise):
     a key limited to agents mints only keys limited to some of them, an expiring key only keys that
-    expire no later."""
+    expire no later. ``rate_limits`` (field names of ``rate_limits.FIELDS``) must be within the org's
+    (400) and, when the actor is a rate-limited key, within its own (403)."""
     unknown = sorted(set(scopes or []) - set(ALL_SCOPES))
     if unknown:
         raise InvalidRequest(f"Unknown scopes: {', '.join(unknown)}.", code="unknown_scope", details={"fields": {"scopes": unknown}})
@@ -53,16 +55,20 @@ def create_key(*, actor: Actor, organization: Organization, name: str, scopes: l
     if not expanded:
         raise InvalidRequest("A key needs at least one scope or a preset.", details={"fields": {"scopes": ["Required."]}})
     _within_actor(actor, organization, scopes=expanded, agents=agents, expires_at=expires_at, what="a key")
+    from .rate_limits import check_new_key_limits, to_api
+
+    limits = check_new_key_limits(actor=actor, organization=organization, limits=rate_limits)
     plaintext, prefix, digest = mint(API_KEY_PREFIX)
     from . import audit
 
     with transaction.atomic():
         key = ApiKey.objects.create(
             organization=organization, name=name, prefix=prefix, key_hash=digest, scopes=expanded,
-            agents=sorted(set(agents or [])), created_by=actor.user_or_none, expires_at=expires_at,
+            agents=sorted(set(agents or [])), created_by=actor.user_or_none, expires_at=expires_at, **limits,
         )
         audit.record(organization=organization, actor=actor, action="key.created", target_type="api_key",
-                     target_id=key.pk, data={"name": name, "prefix": prefix, "scopes": expanded, "agents": key.agents})
+                     target_id=key.pk, data={"name": name, "prefix": prefix, "scopes": expanded, "agents": key.agents,
+                                             "rateLimits": to_api(key)})
     return MintedKey(key, plaintext)
 
 
@@ -109,10 +115,14 @@ def rotate_key(*, actor: Actor, organization: Organization, key_id, overlap: tim
             raise Conflict("Only an active key can be rotated.", code="key_inactive")
         _within_actor(actor, organization, scopes=old.scopes, agents=old.agents, expires_at=old.expires_at,
                       what="a copy of this key")
+        from .rate_limits import FIELDS, within_actor
+
+        limits = {name: getattr(old, name) for name in FIELDS}  # the successor keeps the key's rate limits
+        within_actor(actor, limits)
         plaintext, prefix, digest = mint(API_KEY_PREFIX)
         new = ApiKey.objects.create(
             organization=organization, name=old.name, prefix=prefix, key_hash=digest, scopes=old.scopes,
-            agents=old.agents, created_by=actor.user_or_none, expires_at=old.expires_at, rotated_from=old,
+            agents=old.agents, created_by=actor.user_or_none, expires_at=old.expires_at, rotated_from=old, **limits,
         )
         ends = timezone.now() + overlap
         old.expires_at = min(ends, old.expires_at) if old.expires_at else ends
