@@ -22,11 +22,20 @@ import asyncio
 import contextvars
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+_private_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def is_private_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Is ``loop`` a thread's private loop (:func:`run_sync`: one run at a time on it)?"""
+    return loop in _private_loops
 
 
 class _ThreadLoop:
@@ -35,6 +44,7 @@ class _ThreadLoop:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
+        _private_loops.add(self.loop)
 
     def __del__(self) -> None:
         loop = getattr(self, "loop", None)

@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from . import egress
+from .aio import is_private_loop
 from .limits import loads_bounded
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -144,7 +145,8 @@ def shared_ssl_context() -> ssl.SSLContext:
 def default_async_client() -> httpx.AsyncClient:
     """A client of the running event loop's pool (one pool per loop, so one per server process;
     the sync entry points' per-thread loops each keep theirs from run to run), in turn among its
-    :data:`ASYNC_CLIENT_SHARDS` shards: a run keeps the one it was dealt.
+    :data:`ASYNC_CLIENT_SHARDS` shards (one on a thread's private loop: one run at a time there):
+    a run keeps the one it was dealt.
 
     Its connections go through the egress policy (:func:`agents.engine.egress.async_client`),
     redirects are not followed, proxies from the environment are not used, and the pool is
@@ -154,7 +156,9 @@ def default_async_client() -> httpx.AsyncClient:
     shards = _async_clients.get(loop)
     if shards is None:
         shards = _async_clients[loop] = []
-    index = next(_next_shard) % ASYNC_CLIENT_SHARDS
+    # A thread's private loop (the sync entry points) runs one run at a time: one client, whose
+    # keep-alive connections every run of that thread reuses.
+    index = 0 if is_private_loop(loop) else next(_next_shard) % ASYNC_CLIENT_SHARDS
     while len(shards) <= index:
         shards.append(None)  # type: ignore[arg-type]
     client = shards[index]

@@ -514,3 +514,37 @@ def test_item1_300_concurrent_runs_on_one_loop_all_succeed(openai_stub):
     assert [result.status for result in results] == ["ok"] * 300
     assert [result.output for result in results] == [f"stub: question {i}" for i in range(300)]
     assert len(stub.requests) == 300
+
+
+def test_item1_one_pooled_client_per_loop_through_the_egress_policy():
+    from agents.engine import egress
+    from agents.engine.aio import run_sync
+    from agents.engine.transport import ASYNC_CLIENT_SHARDS, default_async_client
+
+    async def client():
+        return default_async_client()
+
+    # A thread's private loop (run, complete): one client, kept from run to run.
+    first = run_sync(client())
+    assert run_sync(client()) is first
+
+    async def shards():
+        return {default_async_client() for _ in range(3 * ASYNC_CLIENT_SHARDS)}
+
+    # A shared loop (a server's): a bounded set of shards, dealt in turn.
+    clients = asyncio.run(shards())
+    assert len(clients) == ASYNC_CLIENT_SHARDS
+    for each in (first, *clients):
+        assert isinstance(each._transport._pool._network_backend, egress.AsyncGuardedBackend)
+        assert each.follow_redirects is False
+
+    async def refused():
+        egress.configure(egress.EgressPolicy())  # loopback not allowed
+        try:
+            with pytest.raises(Exception) as caught:
+                await default_async_client().get("http://127.0.0.1:9/")
+            return caught.value
+        finally:
+            egress.configure(egress.EgressPolicy.from_setting("127.0.0.1"))
+
+    assert egress.is_denied(asyncio.run(refused()))
