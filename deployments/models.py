@@ -117,8 +117,11 @@ class ShadowClaim(TenantModel):
 
 
 class DeployPolicy(TenantModel):
-    """Per-agent deploy settings: automatic rollback of a degraded deploy."""
+    """Per-agent deploy settings: automatic rollback of a degraded deploy, and where to alert about one."""
 
     agent = models.OneToOneField("agents.Agent", on_delete=models.CASCADE, related_name="deploy_policy")
     auto_rollback = models.BooleanField(default=False)
+    # A degraded deploy raises a ``deployment.degraded`` alert (monitoring.alerts) to these channels.
+    alert_webhook = models.URLField(blank=True, default="", max_length=2000)
+    alert_emails = models.JSONField(default=list, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)

@@ -96,11 +96,19 @@ def rollback(*, actor: Actor, agent: Agent, revision_id: str | None = None, reas
     return deploy(actor=actor, agent=agent, revision_id=target, reason=reason, kind="rollback", enforce_readiness=False)
 
 
-def set_policy(*, actor: Actor, agent: Agent, auto_rollback: bool) -> DeployPolicy:
+def set_policy(*, actor: Actor, agent: Agent, auto_rollback: bool, alert_webhook: str = "",
+               alert_emails: list | None = None) -> DeployPolicy:
+    """Set the agent's deploy policy; ``alert_webhook``/``alert_emails`` receive ``deployment.degraded`` alerts."""
+    from fruxon import egress
+
+    egress.check_url(alert_webhook, "alertWebhook")  # 400 egress_denied: see fruxon.egress
     with transaction.atomic():
         policy, _ = DeployPolicy.objects.update_or_create(
             agent=agent, defaults={"organization_id": agent.organization_id, "auto_rollback": auto_rollback,
+                                   "alert_webhook": alert_webhook, "alert_emails": alert_emails or [],
                                    "updated_at": timezone.now()})
         audit.record(organization=agent.organization, actor=actor, action="agent.deploy_policy_set",
-                     target_type="agent", target_id=agent.slug, data={"autoRollback": auto_rollback})
+                     target_type="agent", target_id=agent.slug,
+                     data={"autoRollback": auto_rollback, "alertWebhook": bool(alert_webhook),
+                           "alertEmails": len(alert_emails or [])})
     return policy

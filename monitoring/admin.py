@@ -518,3 +518,5 @@ class BudgetAdmin(OrgScopedAdmin):
 
     def delete_model(self, request, obj):
         budgets.delete_budget(actor=actor_for(request), agent=obj.agent)
+
+from . import admin_alerts  # noqa: E402,F401  (alerts and their deliveries: monitoring.admin_alerts)

@@ -160,7 +160,12 @@ class Budget(TenantModel):
 
 
 class Alert(TenantModel):
-    """One alert to deliver (webhook and/or email); ``dedupe_key`` makes raising it idempotent."""
+    """One alert to deliver (webhook and/or email); ``dedupe_key`` makes raising it idempotent.
+
+    Delivery state lives in its ``AlertDelivery`` rows, one per channel. ``delivered_at`` is set when
+    every channel has delivered; ``webhook_sent``, ``email_sent``, ``attempts`` and ``last_error`` are
+    the pre-delivery-row summary, kept up to date for readers of the old fields.
+    """
 
     kind = models.CharField(max_length=50)
     subject = models.CharField(max_length=300)
@@ -178,6 +183,43 @@ class Alert(TenantModel):
     class Meta:
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["organization", "dedupe_key"], name="uniq_alert_dedupe")]
+
+    @property
+    def message_id(self) -> str:
+        """The Standard Webhooks ``webhook-id``: the same for every attempt, so receivers can dedupe."""
+        return f"msg_alert_{self.pk}"
+
+
+class AlertDelivery(TenantModel):
+    """One channel (webhook or email) of one alert: due work the beat tick claims (DESIGN rule 9).
+
+    ``pending`` rows with ``next_attempt_at`` due are claimed with ``select_for_update(skip_locked=True)``:
+    the claim moves ``next_attempt_at`` past a lease and sets ``claim``, then commits; the call happens
+    with no transaction open and no lock held; its outcome is written only if ``claim`` is still the
+    one taken (a redelivery or an expired lease re-claimed it otherwise). A worker killed mid-call
+    leaves the row to be claimed again when the lease ends: delivery is at least once.
+    """
+
+    PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+    STATUSES = (PENDING, DELIVERED, FAILED)
+    WEBHOOK, EMAIL = "webhook", "email"
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=10, choices=[(WEBHOOK, WEBHOOK), (EMAIL, EMAIL)])
+    status = models.CharField(max_length=10, default=PENDING, choices=[(s, s) for s in STATUSES])
+    attempts = models.PositiveIntegerField(default=0, help_text="attempts in the current series")
+    # When the current attempt series began (creation, or the last redeliver); retries stop past the window.
+    series_started_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    claim = models.CharField(max_length=32, blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["alert", "channel"], name="uniq_alert_delivery_channel")]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="alertdelivery_due")]
 
 
 class BudgetPeriod(TenantModel):

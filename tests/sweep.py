@@ -73,8 +73,25 @@ class Target:
     holds: Callable[[object], tuple[str, ...]] | None = None
 
 
+def _an_alert(world):
+    """An alert of org A about alpha-agent (made on first use), with an email delivery row."""
+    from monitoring.models import Alert, AlertDelivery
+
+    alert, created = Alert.objects.get_or_create(
+        organization=world.a, dedupe_key="sweep", defaults={
+            "kind": "budget.threshold", "subject": "alpha-agent reached 80%", "emails": ["ops@alpha.example"],
+            "payload": {"agent": "alpha-agent", "threshold": 0.8}})
+    if created:
+        AlertDelivery.objects.create(organization=world.a, alert=alert, channel="email", status="delivered")
+    return alert
+
+
 OBJECTS: dict[str, Target] = {
     "org-settings": Target(),
+    "org-webhook-secret-rotate": Target(),
+    "alert-list": Target(),
+    "alert-detail": Target(lambda w: {"alert": _an_alert(w).pk}),
+    "alert-redeliver": Target(lambda w: {"alert": _an_alert(w).pk}),
     "member-list": Target(),
     "member-detail": Target(lambda w: {"pk": w.a_viewer_membership.pk}, holds=lambda w: tuple(ROLE_SCOPES["viewer"])),
     "apikey-list": Target(),
@@ -87,6 +104,7 @@ OBJECTS: dict[str, Target] = {
     "integration-list": Target(),
     "integration-detail": Target(lambda w: {"slug": "alpha-int"}),
     "auditevent-list": Target(),
+    "org-rate-limits": Target(),
     "agent-list": Target(),
     "agent-detail": Target(lambda w: {"agent": "alpha-agent"}),
     "agent-execute": Target(lambda w: {"agent": "alpha-agent"}),

@@ -1,13 +1,10 @@
 """Budget alerts: each threshold once per period, again in the next period, and once under concurrency.
 
 A loopback webhook receiver (tests/test_budgets.py) counts the calls and checks
-each one's HMAC-SHA256 signature over the raw body it received.
+each one's Standard Webhooks signature over the raw body it received.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -30,6 +27,7 @@ from . import factories as f
 from .builders import run_once
 from .race_clients import max_overlap
 from .server import gunicorn
+from .standard_webhooks import verify
 from .test_budgets import REDIS_URL, _execute, priced_agent, webhook  # noqa: F401 - webhook is a fixture
 
 
@@ -43,10 +41,9 @@ def _signed(org, received) -> list[dict]:
     org.refresh_from_db()
     events = []
     for request in received:
-        expected = "sha256=" + hmac.new(org.webhook_secret.encode(), request.raw, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(request.headers["X-Fruxon-Signature"], expected), "bad signature"
-        assert request.headers["X-Fruxon-Event"] == "budget.threshold"
-        events.append(json.loads(request.raw))
+        event = verify(org.webhook_secret, request.headers, request.raw)  # Standard Webhooks; raises if bad
+        assert request.headers["X-Fruxon-Event"] == event["type"] == "budget.threshold"
+        events.append(event)
     return events
 
 

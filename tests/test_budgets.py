@@ -1,8 +1,6 @@
 """Budgets: the API, hard caps with both ledgers, a run stopped mid-way, fail-closed, threshold alerts, housekeeping."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 from datetime import timedelta
@@ -25,6 +23,7 @@ from monitoring.pricing import set_overrides
 
 from . import factories as f
 from .builders import SYSTEM, agent_with_revision, local_spec, run_once
+from .standard_webhooks import verify
 
 REDIS_URL = __import__("os").environ.get("FRUXON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 LEDGERS = [pytest.param({"FRUXON_LEDGER": "database"}, id="database"),
@@ -161,8 +160,7 @@ def test_each_threshold_alerts_once_per_period(org, runner, webhook, django_capt
     assert sorted(e["data"]["threshold"] for e in events) == [0.5, 1.0]
     org.refresh_from_db()
     for request in received:
-        expected = "sha256=" + hmac.new(org.webhook_secret.encode(), request.raw, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(request.headers["X-Fruxon-Signature"], expected)
+        assert verify(org.webhook_secret, request.headers, request.raw)["type"] == "budget.threshold"
         assert request.headers["X-Fruxon-Event"] == "budget.threshold"
     assert Alert.objects.filter(kind="budget.threshold").count() == 2
     from django.core import mail

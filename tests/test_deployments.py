@@ -19,7 +19,7 @@ from deployments.models import Deployment, ScheduledDeployment, ShadowResult
 from deployments.tasks import run_shadow
 from evaluations.services import datasets
 from monitoring import budgets
-from monitoring.models import Budget, Run
+from monitoring.models import Alert, Budget, Run
 from monitoring.pricing import set_overrides
 from orgs.models import AuditEvent, Integration, Membership
 from orgs.services.api_keys import revoke_key
@@ -314,12 +314,55 @@ def test_auto_rollback_of_a_degraded_deploy(org, agent_v1_v2, editor, api):
     _runs(agent, v2, 30, status="error")
     assert autorollback.rollback_degraded() == []  # no policy yet
     assert api.as_user(editor).put("/v1/acme/agents/support/deploy-policy", {"autoRollback": True},
-                                   format="json").json() == {"autoRollback": True}
+                                   format="json").json() == {"autoRollback": True, "alertWebhook": "", "alertEmails": []}
     rolled = autorollback.rollback_degraded()
     assert len(rolled) == 1
     deployment = Deployment.objects.get(pk=rolled[0])
     assert deployment.kind == "rollback" and deployment.actor_label == "system" and deployment.to_revision_id == v1.id
     assert autorollback.rollback_degraded() == []  # idempotent
+    assert not Alert.objects.exists()  # no alert channel set: nothing to alert
+
+
+@pytest.mark.parametrize("auto_rollback", [True, False])
+def test_a_degraded_deploy_raises_an_alert(org, agent_v1_v2, editor, api, auto_rollback,
+                                           django_capture_on_commit_callbacks):
+    """Issue 14 item 2: a degraded deploy alerts the deploy policy's webhook and emails, once per deployment."""
+    from django.core import mail
+
+    from agents.engine.testing import StubReply, start_json_server
+
+    from .standard_webhooks import verify
+
+    agent, v1, v2 = agent_v1_v2
+    services.deploy(actor=SYSTEM, agent=agent, revision_id=v1.id)
+    _runs(agent, v1, 30, at=timezone.now() - timedelta(minutes=5))
+    degraded = services.deploy(actor=SYSTEM, agent=agent, revision_id=v2.id)
+    _runs(agent, v2, 30, status="error")
+    url, receiver = start_json_server(lambda request: StubReply(204, b""))
+    with receiver:
+        put = api.as_user(editor).put("/v1/acme/agents/support/deploy-policy", {
+            "autoRollback": auto_rollback, "alertWebhook": f"{url}/hook", "alertEmails": ["oncall@example.com"]},
+            format="json")
+        assert put.status_code == 200 and put.json()["alertWebhook"] == f"{url}/hook"
+        for _ in range(2):  # the beat task runs every minute: one alert per degraded deployment
+            with django_capture_on_commit_callbacks(execute=True):
+                autorollback.rollback_degraded()
+    assert len(receiver.requests) == 1 and len(mail.outbox) == 1
+    org.refresh_from_db()
+    event = verify(org.webhook_secret, receiver.requests[0].headers, receiver.requests[0].raw)
+    assert event["type"] == "deployment.degraded"
+    assert event["data"]["deploymentId"] == degraded.pk and event["data"]["revisionId"] == v2.id
+    assert event["data"]["rolledBack"] is auto_rollback and "error rate" in event["data"]["reasons"][0]
+    alert = Alert.objects.get(kind="deployment.degraded")
+    assert sorted(alert.deliveries.values_list("channel", "status")) == [("email", "delivered"),
+                                                                         ("webhook", "delivered")]
+    assert Agent.objects.get(pk=agent.pk).deployed_revision_id == (v1.id if auto_rollback else v2.id)
+
+
+def test_a_deploy_policy_webhook_must_pass_the_egress_policy(org, agent_v1_v2, editor, api):
+    response = api.as_user(editor).put("/v1/acme/agents/support/deploy-policy", {
+        "autoRollback": False, "alertWebhook": "http://169.254.169.254/latest"}, format="json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "egress_denied"
 
 
 def test_scheduled_rollout_applies_once_and_records_failures(org, agent_v1_v2, editor, api):

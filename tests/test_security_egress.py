@@ -26,8 +26,8 @@ import pytest
 from agents.engine import egress
 from agents.engine.testing import StubReply, StubServer, start_openai_stub
 from agents.models import Agent, Revision
-from monitoring.alerts import deliver, webhook_client
-from monitoring.models import Alert, Budget, Run, Span
+from monitoring.alerts import deliver, raise_alert, webhook_client
+from monitoring.models import Budget, Run, Span
 from orgs.models import Integration
 
 from . import factories as f
@@ -288,9 +288,9 @@ def test_item3_integration_and_webhooks_validated(org, owner_client, no_allow, s
     table, _ = fake_dns
     table["hooks.example.test"] = ["127.0.0.1"]
     stub = stubs(lambda request: StubReply(500, {"detail": INTERNAL_BODY}))
-    alert = Alert.objects.create(organization=org, kind="budget.threshold", subject="s", payload={},
-                                 webhook=f"http://hooks.example.test:{stub.server_address[1]}/h", dedupe_key="t1")
-    deliver(alert.pk)
+    alert = raise_alert(organization=org, kind="budget.threshold", subject="s", payload={},
+                        webhook=f"http://hooks.example.test:{stub.server_address[1]}/h", dedupe_key="t1")
+    deliver(alert.pk)  # the first attempt (raise_alert's own runs after commit, which this test never reaches)
     alert.refresh_from_db()
     assert alert.last_error == f"webhook: {REFUSED}" and not alert.webhook_sent and stub.connections == 0
 
@@ -412,8 +412,8 @@ def test_item3_errors_are_generic(org, owner_client, settings, stubs):
     settings.FRUXON_EGRESS_ALLOW = "127.0.0.1"
     for webhook, expected in ((f"http://127.0.0.1:{talker.server_address[1]}/h", "webhook answered HTTP 401"),
                               (f"http://127.0.0.1:{closed}/h", "webhook could not be reached")):
-        alert = Alert.objects.create(organization=org, kind="budget.threshold", subject="s", payload={},
-                                     webhook=webhook, dedupe_key=webhook)
+        alert = raise_alert(organization=org, kind="budget.threshold", subject="s", payload={},
+                            webhook=webhook, dedupe_key=webhook)
         deliver(alert.pk)
         alert.refresh_from_db()
         assert alert.last_error == expected

@@ -288,12 +288,13 @@ def test_subagent_needs_the_right_to_execute_it(world, who, allowed):
 
 # --- no escalation: keys mint, add and grant only what they hold (issue 12, item 1) --------------
 BOUNDED = sorted((n, m) for n, t in OBJECTS.items() if t.holds for m in ROUTES[n].methods if m != "GET")
-BOUNDED_BODIES = {("member-detail", "PATCH"): {"role": "viewer"}, ("grant-detail", "PUT"): {"role": "viewer"}}
+BOUNDED_BODIES = {("member-detail", "PATCH"): {"role": "viewer"}, ("grant-detail", "PUT"): {"role": "viewer"},
+                  ("apikey-detail", "PATCH"): {"rateLimits": {"requestsPerMinute": 10}}}
 
 
 def _rights_snapshot(world: World):
     return (sorted(Membership.objects.filter(organization=world.a).values_list("pk", "role")),
-            sorted(ApiKey.objects.filter(organization=world.a).values_list("pk", "expires_at")),
+            sorted(ApiKey.objects.filter(organization=world.a).values_list("pk", "expires_at", "requests_per_minute")),
             grants.list_grants(agent=world.a_revision.agent))
 
 

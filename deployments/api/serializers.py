@@ -174,3 +174,8 @@ class ShadowResultsPage(serializers.Serializer):
 
 class DeployPolicySerializer(StrictSerializer):
     autoRollback = serializers.BooleanField(help_text="roll back automatically when the deploy's health is degraded")
+    alertWebhook = serializers.URLField(required=False, allow_blank=True, default="", max_length=2000,
+                                        help_text="receives a deployment.degraded alert (Standard Webhooks) when the "
+                                                  "latest deploy is judged degraded; empty for none")
+    alertEmails = serializers.ListField(child=serializers.EmailField(), default=list, max_length=20,
+                                        help_text="receive the same alert by email")

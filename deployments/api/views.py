@@ -182,10 +182,18 @@ class DeployPolicyView(OrgScopedAPIView):
     @extend_schema(responses=s.DeployPolicySerializer)
     def get(self, request, tenant, agent):
         policy = DeployPolicy.objects.filter(agent=self.agent).first()
-        return Response({"autoRollback": bool(policy and policy.auto_rollback)})
+        return Response(_policy_body(policy))
 
     @extend_schema(request=s.DeployPolicySerializer, responses=s.DeployPolicySerializer)
     def put(self, request, tenant, agent):
         data = validated(s.DeployPolicySerializer, request.data)
-        policy = services.set_policy(actor=_actor(request), agent=self.agent, auto_rollback=data["autoRollback"])
-        return Response({"autoRollback": policy.auto_rollback})
+        policy = services.set_policy(actor=_actor(request), agent=self.agent, auto_rollback=data["autoRollback"],
+                                     alert_webhook=data["alertWebhook"], alert_emails=data["alertEmails"])
+        return Response(_policy_body(policy))
+
+
+def _policy_body(policy) -> dict:
+    if policy is None:
+        return {"autoRollback": False, "alertWebhook": "", "alertEmails": []}
+    return {"autoRollback": policy.auto_rollback, "alertWebhook": policy.alert_webhook,
+            "alertEmails": policy.alert_emails}

@@ -60,6 +60,7 @@ _EGRESS_CHECKED = {
     ("/v1/{tenant}/integrations/{slug}", "patch"): "config.baseUrl",
     ("/v1/{tenant}/agents/{agent}/budget", "put"): "alertWebhook",
     ("/v1/{tenant}/agents/{agent}/evaluation-schedule", "put"): "alertWebhook",
+    ("/v1/{tenant}/agents/{agent}/deploy-policy", "put"): "alertWebhook",
     ("/v1/{tenant}/datasets", "post"): "an llmJudge metric's model baseUrl",
     ("/v1/{tenant}/datasets/{dataset}", "patch"): "an llmJudge metric's model baseUrl",
 }
@@ -74,6 +75,28 @@ SECRET_DESTINATION = ("secret_destination: an llmJudge metric's model would send
 # Operations anyone may call: no 403 (a bad API key or token sent along is still a 401).
 _ANONYMOUS = {("/v1/auth/token", "post")}
 _METHODS = ("get", "put", "post", "patch", "delete")
+
+
+# Rate limits (fruxon.ratelimit, issue 14 item 1) apply to every tenant operation: 429 with these headers.
+RATE_LIMITED = ("rate_limited: past the requests per minute of the API key or the org (for executes also "
+                "executions or tokens per minute); Retry-After says when the request would pass")
+_RATE_HEADERS = {
+    "RateLimit-Limit": "the limit (per minute) closest to refusing: the key's or the org's",
+    "RateLimit-Remaining": "what is left of it in the current 60 s window",
+    "RateLimit-Reset": "seconds until its oldest counted use leaves the window",
+}
+
+
+def _rate_headers(*, refused: bool) -> dict:
+    # RateLimit-* come with rate_limited refusals and with answers a limit applied to; another 429
+    # (budget_exceeded) carries Retry-After only.
+    when = " (on rate_limited)" if refused else " (only when a limit applies)"
+    headers = {name: {"schema": {"type": "integer"}, "required": False, "description": description + when}
+               for name, description in _RATE_HEADERS.items()}
+    if refused:
+        headers["Retry-After"] = {"schema": {"type": "integer"}, "required": True,
+                                  "description": "whole seconds until the request would pass"}
+    return headers
 
 
 def _error_response(description: str) -> dict:
@@ -129,8 +152,18 @@ def add_error_responses(result, generator, request, public):
                 wanted.pop("404")
             if method in ("post", "put", "patch"):
                 wanted["413"] = "payload_too_large: the body is over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB by default)"
+            if "{tenant}" in path:
+                wanted["429"] = RATE_LIMITED
             for status, description in wanted.items():
                 responses.setdefault(status, _error_response(description))
+            if "{tenant}" in path:
+                too_many = responses["429"]
+                if RATE_LIMITED not in too_many.get("description", ""):
+                    too_many["description"] = "; ".join(filter(None, [too_many.get("description"), RATE_LIMITED]))
+                too_many.setdefault("headers", {}).update(_rate_headers(refused=True))
+                for status, response in responses.items():
+                    if status.startswith("2"):
+                        response.setdefault("headers", {}).update(_rate_headers(refused=False))
             if (path, method) in _EGRESS_CHECKED:
                 bad_request = responses["400"]
                 bad_request["description"] = "; ".join(filter(None, [

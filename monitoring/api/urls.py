@@ -5,7 +5,7 @@ allows letters, digits and ``_ . : -``), so its route takes any text up to "/".
 """
 from django.urls import path
 
-from . import budgets, views
+from . import alerts, budgets, views
 
 tenant_urls = [
     path("runs", views.RunViewSet.as_view({"get": "list"}), name="run-list"),
@@ -18,4 +18,8 @@ tenant_urls = [
     path("metrics", views.MetricsView.as_view(), name="org-metrics"),
     path("agents/<name:agent>/budget", budgets.BudgetView.as_view(), name="agent-budget"),
     path("agents/<name:agent>/budget:correct", budgets.BudgetCorrectionView.as_view(), name="agent-budget-correct"),
+    path("settings/webhook-secret:rotate", alerts.WebhookSecretRotateView.as_view(), name="org-webhook-secret-rotate"),
+    path("alerts", alerts.AlertViewSet.as_view({"get": "list"}), name="alert-list"),
+    path("alerts/<int:alert>", alerts.AlertViewSet.as_view({"get": "retrieve"}), name="alert-detail"),
+    path("alerts/<int:alert>:redeliver", alerts.AlertViewSet.as_view({"post": "redeliver"}), name="alert-redeliver"),
 ]

@@ -4,9 +4,11 @@ from __future__ import annotations
 import re
 
 from django.core.validators import URLValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from fruxon.api.serializers import StrictSerializer
+from orgs.api.rate_limits import KeyRateLimitsSerializer
 from orgs.models import ApiKey, AuditEvent, Integration, Membership, Organization, Secret, secret_name_validator, slug_validator
 from orgs.roles import ALL_SCOPES, ORG_ROLE_CHOICES, PRESETS
 
@@ -48,7 +50,11 @@ class SettingsSerializer(StrictSerializer):
     name = serializers.CharField(max_length=200, required=False)
     retentionDays = serializers.IntegerField(source="retention_days", min_value=1, max_value=3650, required=False)
     slug = serializers.CharField(read_only=True)
-    webhookSecret = serializers.CharField(read_only=True, help_text="signs alert webhooks (HMAC-SHA256); owners only")
+    webhookSecretPreviousUntil = serializers.DateTimeField(
+        read_only=True, allow_null=True,
+        help_text="after a rotation of the alert-webhook signing secret, until when the previous secret also "
+                  "signs (a second webhook-signature entry); null when it no longer does. The secret itself is "
+                  "shown only by POST settings/webhook-secret:rotate")
 
 
 # --- members ------------------------------------------------------------------------------
@@ -85,14 +91,21 @@ class ApiKeySerializer(serializers.ModelSerializer):
     createdBy = serializers.CharField(source="created_by.username", default=None, allow_null=True)
     rotatedFromId = serializers.IntegerField(source="rotated_from_id", allow_null=True)
     active = serializers.SerializerMethodField()
+    rateLimits = serializers.SerializerMethodField(help_text="This key's own rate limits (null: only the org's apply).")
 
     class Meta:
         model = ApiKey
         fields = ["id", "name", "prefix", "scopes", "agents", "active", "createdAt", "createdBy", "expiresAt",
-                  "revokedAt", "lastUsedAt", "rotatedFromId"]
+                  "revokedAt", "lastUsedAt", "rotatedFromId", "rateLimits"]
 
     def get_active(self, key) -> bool:
         return key.is_active()
+
+    @extend_schema_field(KeyRateLimitsSerializer)
+    def get_rateLimits(self, key) -> dict:
+        from orgs.services.rate_limits import to_api
+
+        return to_api(key)
 
 
 class ApiKeyCreated(ApiKeySerializer):
@@ -111,11 +124,17 @@ class ApiKeyCreate(StrictSerializer):
     preset = serializers.ChoiceField(choices=sorted(PRESETS), required=False)
     agents = serializers.ListField(child=serializers.CharField(max_length=50, validators=[slug_validator]), required=False, max_length=500)
     expiresAt = serializers.DateTimeField(source="expires_at", required=False, allow_null=True)
+    rateLimits = KeyRateLimitsSerializer(required=False, help_text="This key's own rate limits, within the org's "
+                                            "(and, when a key creates it, within the creating key's).")
 
     def validate(self, attrs):
         if not attrs.get("scopes") and not attrs.get("preset"):
             raise serializers.ValidationError({"scopes": ["Give scopes, a preset, or both."]})
         return attrs
+
+
+class ApiKeyPatch(StrictSerializer):
+    rateLimits = KeyRateLimitsSerializer(help_text="The limits given change; the others stay.")
 
 
 class ApiKeyRotate(StrictSerializer):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.db.models import Q
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -22,7 +23,9 @@ from orgs.models import ApiKey, AuditEvent, Integration, Membership, Secret, Use
 from orgs.roles import ALL_SCOPES, EDITOR, OWNER, PRESETS, VIEWER
 from orgs.scoping import orgs_for_user
 from orgs.services import api_keys, integrations, members, organizations, secrets, tokens
+from orgs.services import rate_limits as rate_limit_service
 
+from . import rate_limits
 from . import serializers as s
 
 
@@ -90,11 +93,10 @@ class SettingsView(OrgScopedAPIView):
     access = {"GET": Access(VIEWER, "org:read"), "PUT": Access(OWNER, "org:write"), "PATCH": Access(OWNER, "org:write")}
 
     def _body(self, org):
-        body = {"slug": org.slug, "name": org.name, "retentionDays": org.retention_days}
-        # The alert-webhook signing secret is for owners (and keys that may write org settings).
-        if self.role == OWNER or (self.api_key is not None and "org:write" in self.api_key.scopes):
-            body["webhookSecret"] = org.webhook_secret
-        return body
+        # The alert-webhook signing secret is shown once, by settings/webhook-secret:rotate.
+        until = org.webhook_secret_previous_until
+        return {"slug": org.slug, "name": org.name, "retentionDays": org.retention_days,
+                "webhookSecretPreviousUntil": until if until and until > timezone.now() else None}
 
     @extend_schema(responses=s.SettingsSerializer)
     def get(self, request, tenant):
@@ -169,6 +171,7 @@ class ApiKeyViewSet(OrgScopedViewSet):
     access = {
         "GET": Access(OWNER, "keys:read"),
         "POST": Access(OWNER, "keys:write"),
+        "PATCH": Access(OWNER, "keys:write"),
         "DELETE": Access(OWNER, "keys:write"),
     }
 
@@ -183,13 +186,27 @@ class ApiKeyViewSet(OrgScopedViewSet):
 
     @extend_schema(request=s.ApiKeyCreate, responses={
         201: s.ApiKeyCreated,
-        403: OpenApiResponse(description="forbidden: the caller lacks keys:write, or the new key's scopes, agents or "
-                                         "expiry are beyond the caller's own (details: missingScopes, agents, expiresAt)"),
+        400: rate_limits.KEY_LIMITS_400,
+        403: OpenApiResponse(description="forbidden: the caller lacks keys:write, or the new key's scopes, agents, "
+                                         "expiry or rate limits are beyond the caller's own (details: missingScopes, "
+                                         "agents, expiresAt, rateLimits)"),
     })
     def create(self, request, tenant):
-        data = validated(s.ApiKeyCreate, request.data)
+        data = dict(validated(s.ApiKeyCreate, request.data))
+        if "rateLimits" in data:
+            data["rate_limits"] = rate_limit_service.from_api(data.pop("rateLimits"))
         minted = api_keys.create_key(actor=_actor(request), organization=self.organization, **data)
         return Response(s.ApiKeyCreated(minted.key, context={"plaintext": minted.plaintext}).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.ApiKeyPatch, responses={200: s.ApiKeySerializer, 400: rate_limits.KEY_LIMITS_400,
+                                                     403: rate_limits.KEY_LIMITS_403},
+                   description="Change the key's rate limits (those given; null = only the org's apply). "
+                               "Audited as `key.rate_limits_changed`; effective on the key's next request.")
+    def partial_update(self, request, tenant, pk):
+        data = validated(s.ApiKeyPatch, request.data)
+        key = rate_limit_service.set_key_limits(actor=_actor(request), organization=self.organization,
+                                                key_id=self.object.pk, limits=rate_limit_service.from_api(data["rateLimits"]))
+        return Response(self.get_serializer(key).data)
 
     @extend_schema(request=None, responses={204: None}, description="Revoke the key; it stops working at once.")
     def destroy(self, request, tenant, pk):
