@@ -356,14 +356,17 @@ class AsyncRateLimiter(_Base):
 def _options() -> tuple[str, dict]:
     from django.conf import settings
 
-    def setting(name: str, default):
-        return getattr(settings, name, default)  # the defaults of fruxon/settings.py's block
+    def setting(name: str, default: str):
+        # fruxon/settings.py's "Rate limits" block reads the same environment variables, with these defaults.
+        value = getattr(settings, name, None)
+        return os.environ.get(name, default) if value is None else value
 
     url = setting("FRUXON_RATELIMIT_REDIS_URL", "") or settings.REDIS_URL
     clock_key = setting("FRUXON_RATELIMIT_CLOCK_KEY", "") if settings.TESTING else ""
-    return url, {"timeout": setting("FRUXON_RATELIMIT_TIMEOUT_MS", 50.0) / 1000.0, "clock_key": clock_key or None,
-                 "breaker_seconds": setting("FRUXON_RATELIMIT_BREAKER_SECONDS", 5.0),
-                 "log_interval": setting("FRUXON_RATELIMIT_LOG_INTERVAL_SECONDS", 60.0)}
+    return url, {"timeout": float(setting("FRUXON_RATELIMIT_TIMEOUT_MS", "50")) / 1000.0,
+                 "clock_key": clock_key or None,
+                 "breaker_seconds": float(setting("FRUXON_RATELIMIT_BREAKER_SECONDS", "5")),
+                 "log_interval": float(setting("FRUXON_RATELIMIT_LOG_INTERVAL_SECONDS", "60"))}
 
 
 class _NoRedis:
