@@ -62,6 +62,11 @@ def sync_loop(start, count):
     for i in range(start, start + count):
         one_sync(i)
 
+def sync_threads(start, count):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one_sync, range(start, start + count)))
+
 def async_sequential(start, count):
     async def main():
         for i in range(start, start + count):
@@ -78,7 +83,8 @@ def async_concurrent(start, count):
     loop.run_until_complete(main())
 
 loop = asyncio.new_event_loop()
-cpu_ms, wall_ms = measure({"sync": sync_loop, "arun": async_sequential, "arun-concurrent": async_concurrent}[mode])
+cpu_ms, wall_ms = measure({"sync": sync_loop, "sync-threads": sync_threads, "arun": async_sequential,
+                          "arun-concurrent": async_concurrent}[mode])
 print(json.dumps({"mode": mode, "cpu_ms": round(cpu_ms, 3), "wall_ms": round(wall_ms, 3)}))
 '''
 
@@ -109,7 +115,11 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
         pathlib.Path(old, "agents", "__init__.py").write_text("")
         rows = [("old sync run", child(old, "sync", base_url, args.runs, 1)),
+                (f"old sync run, {args.concurrency} threads", child(old, "sync-threads", base_url, args.runs,
+                                                                     args.concurrency)),
                 ("new run (drives arun)", child(str(REPO), "sync", base_url, args.runs, 1)),
+                (f"new run, {args.concurrency} threads", child(str(REPO), "sync-threads", base_url, args.runs,
+                                                               args.concurrency)),
                 ("new arun, one at a time", child(str(REPO), "arun", base_url, args.runs, 1)),
                 (f"new arun, {args.concurrency} at once", child(str(REPO), "arun-concurrent", base_url, args.runs,
                                                                 args.concurrency))]

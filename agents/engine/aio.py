@@ -22,6 +22,7 @@ import asyncio
 import contextvars
 import os
 import threading
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +120,24 @@ class Lane:
 CURRENT_LANE: contextvars.ContextVar[Lane | None] = contextvars.ContextVar("fruxon_engine_lane", default=None)
 
 
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Any:
+    """Go on with ``coro``, which yielded ``yielded`` at its first step, as ``await`` would have."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:  # thrown in by the task (its cancellation): pass it on
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
 async def settle(awaitable: Awaitable[T]) -> tuple[T, bool]:
     """Await ``awaitable`` to its end even if this task is cancelled meanwhile.
 
@@ -126,7 +145,16 @@ async def settle(awaitable: Awaitable[T]) -> tuple[T, bool]:
     once it has dealt with the result (e.g. released the reservation it holds). An exception
     of ``awaitable`` itself is raised as usual (after the same wait).
     """
-    future = asyncio.ensure_future(awaitable)
+    if asyncio.iscoroutine(awaitable) and not isinstance(awaitable, types.GeneratorType):
+        # Its first step runs here, at once: most hooks (an in-memory runtime, a sync one on an
+        # inline lane) finish in it, and need no task of their own.
+        try:
+            first = awaitable.send(None)
+        except StopIteration as stop:
+            return stop.value, False
+        future = asyncio.ensure_future(_resume(awaitable, first))
+    else:
+        future = asyncio.ensure_future(awaitable)
     cancelled = False
     while True:
         try:
