@@ -155,3 +155,29 @@ def pg_json(value) -> str:
     if text is not None and not UNSTORABLE_ESCAPE.search(text):
         return text
     return json.dumps(_scrub(value), allow_nan=False)
+
+
+def connection_alive(conn) -> bool:
+    """Is this idle psycopg connection still usable? No round trip unless the server has said something.
+
+    A healthy idle connection has nothing to read; one the server closed (restart, shutdown,
+    ``pg_terminate_backend``) has its final message and EOF waiting. Only then is it checked
+    with an empty query.
+    """
+    import select
+
+    if conn.closed:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    if not readable:
+        return True
+    try:
+        from psycopg_pool import ConnectionPool
+
+        ConnectionPool.check_connection(conn)
+    except Exception:  # noqa: BLE001 - any failure means: do not hand it out
+        return False
+    return True

@@ -9,12 +9,22 @@
 ``FRUXON_RUN_SYNCHRONOUS_COMMIT``  "1": run records wait for the WAL flush too (see below)
 ``DB_CONN_MAX_AGE``  seconds a thread keeps its PostgreSQL connection (default 60)
 ``DB_POOL_MAX_SIZE``  PostgreSQL connection pool per process (0 = off, the default; replaces
-                   DB_CONN_MAX_AGE); ``DB_POOL_MIN_SIZE`` (2), ``DB_POOL_TIMEOUT`` seconds (10)
+                   DB_CONN_MAX_AGE); ``DB_POOL_MIN_SIZE`` (2), ``DB_POOL_TIMEOUT`` seconds (2)
 ``FRUXON_EGRESS_ALLOW``  internal addresses outbound calls (model providers, integrations, webhooks)
                    may reach: comma-separated IPs or CIDRs, each with an optional ``:port``
                    (``127.0.0.1:9100,10.0.0.0/8``; IPv6 ``[::1]:9100`` or ``fd00::/8``); default none.
                    Loopback, private, link-local, metadata, CGNAT, multicast and reserved
                    addresses are refused otherwise; a bad value stops start-up
+``EMAIL_HOST``, ``EMAIL_PORT``  SMTP server for alert emails (default localhost:25; the console backend
+                   under DEBUG or tests, or as ``EMAIL_BACKEND`` says); ``EMAIL_HOST_USER`` and
+                   ``EMAIL_HOST_PASSWORD`` log in; ``EMAIL_USE_TLS`` (STARTTLS, usually port 587) or
+                   ``EMAIL_USE_SSL`` (implicit TLS, usually 465), not both; ``EMAIL_TIMEOUT`` seconds (30);
+                   ``DEFAULT_FROM_EMAIL`` the sender
+``FRUXON_ALERT_RETRY_HOURS``  how long alert deliveries are retried before they are marked failed
+                   (24); backoff from ``FRUXON_ALERT_BACKOFF_SECONDS`` (30), doubling, at most
+                   ``FRUXON_ALERT_BACKOFF_MAX_SECONDS`` (3600), with jitter
+``FRUXON_WEBHOOK_SECRET_GRACE_HOURS``  after a webhook secret rotation the previous secret also
+                   signs for this long (24), as a second signature
 """
 from pathlib import Path
 import os
@@ -142,7 +152,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and int(o
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": min(_pool_max, int(os.environ.get("DB_POOL_MIN_SIZE", "2"))),
         "max_size": _pool_max,
-        "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "10")),
+        "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "2")),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -406,6 +416,67 @@ CONTENT_SECURITY_POLICY = {
 }
 # X-Content-Type-Options: nosniff is SECURE_CONTENT_TYPE_NOSNIFF above; the referrer stays on this origin.
 SECURE_REFERRER_POLICY = "same-origin"
+
+# --- Alerts and webhooks (issue 14 item 2) ---------------------------------------------------------
+# SMTP for alert emails (see the module docstring). EMAIL_USE_TLS (STARTTLS) and EMAIL_USE_SSL
+# (implicit TLS) cannot both be on.
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive; set one of them")
+EMAIL_TIMEOUT = int(os.environ.get("EMAIL_TIMEOUT", "30"))
+# Deliveries are retried with exponential backoff (base doubling per attempt, capped, +-25% jitter)
+# until an attempt fails once the series is this old; then the delivery is "failed".
+FRUXON_ALERT_RETRY_HOURS = float(os.environ.get("FRUXON_ALERT_RETRY_HOURS", "24"))
+FRUXON_ALERT_BACKOFF_SECONDS = float(os.environ.get("FRUXON_ALERT_BACKOFF_SECONDS", "30"))
+FRUXON_ALERT_BACKOFF_MAX_SECONDS = float(os.environ.get("FRUXON_ALERT_BACKOFF_MAX_SECONDS", "3600"))
+# After settings/webhook-secret:rotate, the previous secret keeps signing (a second signature) this long
+# unless the request asks otherwise.
+FRUXON_WEBHOOK_SECRET_GRACE_HOURS = float(os.environ.get("FRUXON_WEBHOOK_SECRET_GRACE_HOURS", "24"))
+CELERY_BEAT_SCHEDULE["monitoring-deliver-due-alerts"] = {"task": "monitoring.deliver_due_alerts", "schedule": 15.0}
+
+# --- Outages: Redis, PostgreSQL and the Celery broker (issue 14 item 3) ---------------------------
+# Redis (cache, ledger): connect / read timeouts in seconds, one immediate retry; after a failure the process
+# skips Redis for FRUXON_BREAKER_RESET_SECONDS (circuit breaker, fruxon.resilience) and then probes it
+# again. The cache treats an outage as a miss (API keys are then read from PostgreSQL); the ledger
+# fails closed (503 ledger_unavailable) for enforced budgets. Outages are logged once a minute.
+FRUXON_REDIS_CONNECT_TIMEOUT = float(os.environ.get("FRUXON_REDIS_CONNECT_TIMEOUT", "0.1"))
+FRUXON_REDIS_SOCKET_TIMEOUT = float(os.environ.get("FRUXON_REDIS_SOCKET_TIMEOUT", "0.25"))
+FRUXON_BREAKER_RESET_SECONDS = float(os.environ.get("FRUXON_BREAKER_RESET_SECONDS", "1.0"))
+# PostgreSQL: a new connection gives up after DB_CONNECT_TIMEOUT seconds (libpq's minimum is 2), a
+# pool checkout after DB_POOL_TIMEOUT (2, see above): an unreachable database answers 503
+# database_unavailable (Retry-After: DB_RETRY_AFTER) quickly instead of holding the request.
+# TCP keepalives find a peer that vanished without closing its connections.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _db_options.setdefault("connect_timeout", int(os.environ.get("DB_CONNECT_TIMEOUT", "2")))
+    _db_options.setdefault("keepalives", 1)
+    _db_options.setdefault("keepalives_idle", int(os.environ.get("DB_KEEPALIVES_IDLE", "30")))
+    _db_options.setdefault("keepalives_interval", 10)
+    _db_options.setdefault("keepalives_count", 3)
+    # Django's backend, whose pool checkout replaces a connection the server closed (a restart) instead
+    # of handing it to a request (fruxon/pg/base.py). Non-pooled persistent connections are checked at
+    # the start of each request (CONN_HEALTH_CHECKS, set above).
+    DATABASES["default"]["ENGINE"] = "fruxon.pg"
+    if isinstance(_db_options.get("pool"), dict):
+        # psycopg_pool retries a failed connection with a doubling delay (1, 2, 4, 8 s ...) for
+        # reconnect_timeout (5 min by default): after a 10 s outage, requests would wait seconds
+        # more for the next attempt. A short one gives up the slot soon, and the next checkout
+        # opens a new connection at once.
+        _db_options["pool"].setdefault("reconnect_timeout", float(os.environ.get("DB_POOL_RECONNECT_TIMEOUT", "2")))
+FRUXON_DB_RETRY_AFTER = int(os.environ.get("DB_RETRY_AFTER", "5"))
+# Celery broker: a request never waits on an unreachable broker for more than about a second; what
+# it could not send stays in the outbox (fruxon.outbox) and the beat sweep sends it later.
+CELERY_BROKER_CONNECTION_TIMEOUT = float(os.environ.get("FRUXON_BROKER_CONNECT_TIMEOUT", "1.0"))
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+CELERY_BROKER_TRANSPORT_OPTIONS |= {"socket_connect_timeout": FRUXON_REDIS_CONNECT_TIMEOUT * 10,
+                                    "socket_timeout": 2.0, "retry_on_timeout": False}
+CELERY_BEAT_SCHEDULE["fruxon-outbox-sweep"] = {"task": "fruxon.outbox.sweep", "schedule": 10.0}
+FRUXON_OUTBOX_LEASE_SECONDS = int(os.environ.get("FRUXON_OUTBOX_LEASE_SECONDS", "30"))
 
 # --- Observability: /healthz, /readyz, /metrics, OTLP traces (issue 14 items 3 and 4) ------------
 # fruxon.operations answers the three paths before sessions, host checks and authentication (no

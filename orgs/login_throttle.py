@@ -16,7 +16,12 @@ the first address no trusted proxy vouches for is the client. A header sent by
 anyone else is ignored, so a new ``X-Forwarded-For`` per try buys nothing.
 
 Counters live in Django's cache (Redis in production): ``add`` then ``incr`` is
-atomic there, so the limits hold across processes. Hand-written rather than
+atomic there, so the limits hold across processes. While Redis is unreachable the
+counters fall back to this process's memory (neither fail open nor closed): logins
+keep working, which the admin needs most during an outage, and guessing stays
+limited, per process (so at most the limits times the number of server processes),
+on top of the password hash's own cost. Counts made during the outage are not
+carried over when Redis is back; locks set in Redis before it stay in force. Hand-written rather than
 django-axes: the API must answer 429 ``rate_limited`` with ``Retry-After`` in the
 project's error shape and the admin form must show its own error, both of which
 axes reaches only through its middleware, lockout responses and extra tables.
@@ -30,9 +35,24 @@ import time
 from functools import lru_cache
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache.backends.locmem import LocMemCache
 
 from fruxon.errors import FruxonError
+
+# Where counters go while the shared cache is unreachable (see the module docstring).
+_local = LocMemCache("fruxon-login-throttle", {"TIMEOUT": None, "OPTIONS": {"MAX_ENTRIES": 100_000}})
+
+
+def _cache(name: str, *args):
+    from fruxon.cache import (  # not at import: see fruxon.api.authentication
+        CacheUnavailable,
+        strict,
+    )
+
+    try:
+        return strict(name, *args)
+    except CacheUnavailable:
+        return getattr(_local, name)(*args)
 
 
 class LoginThrottled(FruxonError):
@@ -100,7 +120,7 @@ def retry_after(*, username: str | None, address: str | None) -> int:
     """Seconds until a login for ``username`` from ``address`` may be tried again; 0 when it may now."""
     now = time.time()
     waits = [0]
-    locks = cache.get_many([f"{stem}:lock" for stem, _ in _subjects(username, address)])
+    locks = _cache("get_many", [f"{stem}:lock" for stem, _ in _subjects(username, address)])
     for until in locks.values():
         waits.append(max(0, math.ceil(until - now)))
     return max(waits)
@@ -115,9 +135,9 @@ def check(*, username: str | None, address: str | None) -> None:
 
 def _incr(key: str, window: int) -> int:
     for _ in range(3):
-        cache.add(key, 0, window)  # the window starts at the first failure
+        _cache("add", key, 0, window)  # the window starts at the first failure
         try:
-            return cache.incr(key)
+            return _cache("incr", key)
         except ValueError:  # expired between add and incr: start again
             continue
     return 1
@@ -129,10 +149,10 @@ def failed(*, username: str | None, address: str | None) -> None:
     for stem, limit in _subjects(username, address):
         if _incr(f"{stem}:n", window) >= limit:
             # The lock outlives the counter: a full window from the failure that reached the limit.
-            cache.set(f"{stem}:lock", time.time() + window, window)
+            _cache("set", f"{stem}:lock", time.time() + window, window)
 
 
 def succeeded(*, username: str | None) -> None:
     """A successful login clears its account's failures (an address's count stays)."""
     for stem, _ in _subjects(username, None):
-        cache.delete(f"{stem}:n")
+        _cache("delete", f"{stem}:n")

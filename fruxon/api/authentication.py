@@ -7,6 +7,8 @@ pay a query for it); revoking or rotating a key clears its cache entry, and a ca
 key's expiry is checked on every request. Personal tokens are looked up uncached, so
 their expiry (``FRUXON_USER_TOKEN_TTL_HOURS``), revocation and the revocation that
 a password change makes (``orgs.signals``) hold on the next request in every process.
+While Redis is unreachable, keys are read from PostgreSQL on every request
+(``lookup_api_key``); personal tokens do not need Redis at all.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.cache.backends.locmem import LocMemCache
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
@@ -52,6 +55,48 @@ def forget_key(key: ApiKey) -> None:
     cache.delete(key_cache_key(key.key_hash))
 
 
+def lookup_api_key(digest: str) -> ApiKey | None:
+    """The API key whose hash is ``digest`` (active or not), or None: the cache, else the database.
+
+    The cache never raises (``fruxon.cache``): while Redis is unreachable every lookup
+    reads the database, and nothing is cached anywhere else, so a revocation holds
+    at once in every process. A database that cannot be reached raises (503 upstream).
+    """
+    key = cache.get(key_cache_key(digest))
+    if key is None:
+        key = ApiKey.objects.filter(key_hash=digest).first()
+        if key is not None:
+            cache.set(key_cache_key(digest), key, settings.FRUXON_KEY_CACHE_SECONDS)
+    return key
+
+
+# Claims of the last_used_at write while the shared cache is unreachable: per process (so at most one
+# write a minute per key and process), never a reason to refuse or to write on every request.
+_local_claims = LocMemCache("fruxon-key-used", {"TIMEOUT": 60, "OPTIONS": {"MAX_ENTRIES": 10_000}})
+
+
+def note_key_used(key: ApiKey, now) -> None:
+    """Record ``last_used_at``, at most once a minute per key (the hot path stays read-only)."""
+    if key.last_used_at is not None and now - key.last_used_at <= LAST_USED_GRANULARITY:
+        return
+    # The cache.add claim keeps the requests (and processes) that see the stale value at the
+    # same moment from all writing, and queueing, on the key's row lock.
+    key.last_used_at = now
+    # Imported here, not at module level: with a local-memory cache (tests, the demo) the Redis client
+    # modules stay unloaded until something needs them (see tests/test_budget_race.py's warm-up).
+    from fruxon.cache import CacheUnavailable
+    from fruxon.cache import strict as strict_cache
+
+    claim, seconds = f"apikey-used:{key.pk}", int(LAST_USED_GRANULARITY.total_seconds())
+    try:
+        claimed = strict_cache("add", claim, 1, seconds)
+    except CacheUnavailable:
+        claimed = _local_claims.add(claim, 1, seconds)
+    if claimed:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        cache.set(key_cache_key(key.key_hash), key, settings.FRUXON_KEY_CACHE_SECONDS)
+
+
 def _bearer(request) -> str | None:
     header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, value = header.partition(" ")
@@ -63,24 +108,13 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         raw = request.META.get("HTTP_X_API_KEY") or _bearer(request)
         if not raw or not raw.startswith(API_KEY_PREFIX):
             return None
-        digest = hash_credential(raw)
-        key = cache.get(key_cache_key(digest))
+        key = lookup_api_key(hash_credential(raw))
         if key is None:
-            key = ApiKey.objects.filter(key_hash=digest).first()
-            if key is None:
-                raise exceptions.AuthenticationFailed("Invalid API key.")
-            cache.set(key_cache_key(digest), key, settings.FRUXON_KEY_CACHE_SECONDS)
+            raise exceptions.AuthenticationFailed("Invalid API key.")
         now = timezone.now()
         if not key.is_active(now):
             raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
-        if key.last_used_at is None or now - key.last_used_at > LAST_USED_GRANULARITY:
-            # At most one write a minute per key, so the hot path stays read-only. The
-            # cache.add claim keeps the requests (and processes) that see the stale value
-            # at the same moment from all writing, and queueing, on the key's row lock.
-            key.last_used_at = now
-            if cache.add(f"apikey-used:{key.pk}", 1, int(LAST_USED_GRANULARITY.total_seconds())):
-                ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-                cache.set(key_cache_key(digest), key, settings.FRUXON_KEY_CACHE_SECONDS)
+        note_key_used(key, now)
         return ApiKeyUser(api_key=key), key
 
     def authenticate_header(self, request):

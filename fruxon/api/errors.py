@@ -5,21 +5,24 @@
 This module renders DRF exceptions, domain errors (``fruxon.errors``) and
 Django's own 400/403/404/500 handlers, so unknown routes, wrong methods and
 unhandled exceptions answer in that shape too. A 500 never shows a stack trace
-(outside DEBUG it carries only a generic message).
+(outside DEBUG it carries only a generic message). An unreachable PostgreSQL is a
+503 ``database_unavailable`` with ``Retry-After`` (a plain 503 page in the admin).
 """
 from __future__ import annotations
 
 import logging
+import sys
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from fruxon.errors import FruxonError
+from fruxon.resilience import breaker, database_unavailable
 
 logger = logging.getLogger("fruxon.api")
 
@@ -99,6 +102,8 @@ def exception_handler(exc, context):
             message = f"Malformed JSON body: {exc.detail}"
         return Response(error_body(code, message), status=status, headers=headers)
     set_rollback()
+    if database_unavailable(exc):
+        return Response(*_database_unavailable(exc))
     logger.exception("Unhandled exception in %s", context.get("view").__class__.__name__, exc_info=exc)
     # Only the exception's class, in DEBUG too: its text may carry data (a resolved secret, a row);
     # the server log has the whole story.
@@ -120,7 +125,36 @@ def handler404(request, exception=None):
     return JsonResponse(error_body("not_found", f"No route matches {request.path}."), status=404)
 
 
+def _database_unavailable(exc) -> tuple[dict, int, None, dict]:
+    """(body, 503, None, headers) for an unreachable database; the outage is logged once a minute, not per request."""
+    breaker("PostgreSQL").failure(exc)
+    retry = settings.FRUXON_DB_RETRY_AFTER
+    body = error_body("database_unavailable", "The database cannot be reached right now; nothing was done. "
+                      f"Retry in {retry} seconds.", {"retryAfter": retry})
+    return body, 503, None, {"Retry-After": str(retry)}
+
+
+ADMIN_UNAVAILABLE_PAGE = ("<!doctype html><html><head><title>Service unavailable</title></head><body>"
+                          "<h1>Service unavailable</h1><p>The database cannot be reached right now. "
+                          "Nothing was changed; try again in a few seconds.</p></body></html>")
+
+
 def handler500(request):
+    """Django's 500 handler (errors outside DRF views: the admin, middleware).
+
+    Called while the exception is being handled: an unreachable database answers 503
+    (JSON ``database_unavailable``, or a plain page under /admin/), not 500.
+    """
+    exc = sys.exc_info()[1]
+    if exc is not None and database_unavailable(exc):
+        body, status, _, headers = _database_unavailable(exc)
+        if request.path.startswith("/admin"):
+            response = HttpResponse(ADMIN_UNAVAILABLE_PAGE, status=status, content_type="text/html; charset=utf-8")
+        else:
+            response = JsonResponse(body, status=status)
+        for name, value in headers.items():
+            response[name] = value
+        return response
     return JsonResponse(error_body("internal_error", "An internal error occurred."), status=500)
 
 

@@ -43,6 +43,8 @@ ERROR_SCHEMA = {
     "required": ["error"],
 }
 
+DATABASE_UNAVAILABLE = ("database_unavailable: the database cannot be reached right now; nothing was done "
+                        "(Retry-After says when to try again)")
 _COMMON_ERRORS = {
     "400": "invalid_request: malformed JSON (or nested deeper than FRUXON_MAX_JSON_DEPTH), a NUL (%00) in the URL, "
            "a cursor this list did not hand out, or failed validation (details.fields names each field)",
@@ -164,6 +166,13 @@ def add_error_responses(result, generator, request, public):
                 for status, response in responses.items():
                     if status.startswith("2"):
                         response.setdefault("headers", {}).update(_rate_headers(refused=False))
+            # Any operation: PostgreSQL unreachable (fruxon.api.errors); merged into a declared 503 (ledger_unavailable).
+            unavailable = responses.setdefault("503", _error_response(""))
+            if DATABASE_UNAVAILABLE not in unavailable.get("description", ""):
+                unavailable["description"] = "; ".join(filter(None, [unavailable.get("description"),
+                                                                      DATABASE_UNAVAILABLE]))
+            unavailable.setdefault("headers", {})["Retry-After"] = {
+                "schema": {"type": "integer"}, "description": "seconds to wait before retrying"}
             if (path, method) in _EGRESS_CHECKED:
                 bad_request = responses["400"]
                 bad_request["description"] = "; ".join(filter(None, [
