@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fruxon.settings")
 
-from fruxon import ratelimit  # noqa: E402  (no Django needed for the limiter itself)
+from fruxon import ratelimit  # the limiter itself needs no Django setup
 
 
 class Row:

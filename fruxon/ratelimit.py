@@ -214,12 +214,20 @@ def _seconds(ms: float) -> int:
 
 
 class _FailOpen:
-    """The circuit breaker and the once-per-interval outage log, shared by both limiters' code."""
+    """The circuit breaker and the once-per-interval outage log, shared by both limiters' code.
+
+    A refused or reset connection opens the breaker at once. A timeout may only mean this process was
+    busy (a starved thread reads its answer late), so the breaker opens after ``TIMEOUTS_TO_OPEN`` in a
+    row: a blackholed Redis still costs a few requests one timeout each, then nothing.
+    """
+
+    TIMEOUTS_TO_OPEN = 3
 
     def __init__(self, breaker_seconds: float, log_interval: float):
         self.breaker_seconds = breaker_seconds
         self.log_interval = log_interval
         self._skip_until = 0.0
+        self._timeouts = 0
         self._logged_at: float | None = None
         self._lock = threading.Lock()
 
@@ -227,10 +235,15 @@ class _FailOpen:
         """True while Redis is being skipped after a failure."""
         return time.monotonic() < self._skip_until
 
+    def succeeded(self) -> None:
+        self._timeouts = 0
+
     def failed(self, exc: BaseException) -> None:
         now = time.monotonic()
         with self._lock:
-            self._skip_until = now + self.breaker_seconds
+            self._timeouts = self._timeouts + 1 if isinstance(exc, redis.TimeoutError) else self.TIMEOUTS_TO_OPEN
+            if self._timeouts >= self.TIMEOUTS_TO_OPEN:
+                self._skip_until, self._timeouts = now + self.breaker_seconds, 0
             if self._logged_at is not None and now - self._logged_at < self.log_interval:
                 return
             self._logged_at = now
@@ -304,6 +317,7 @@ class RateLimiter(_Base):
         except redis.RedisError as exc:
             self.fail_open.failed(exc)
             return ADMIT_ALL
+        self.fail_open.succeeded()
         return self._decision(answer, limits, member, cost)
 
     def settle(self, decision: Decision, actual: int) -> None:
@@ -336,6 +350,7 @@ class AsyncRateLimiter(_Base):
         except redis.RedisError as exc:
             self.fail_open.failed(exc)
             return ADMIT_ALL
+        self.fail_open.succeeded()
         return self._decision(answer, limits, member, cost)
 
     async def settle(self, decision: Decision, actual: int) -> None:
@@ -472,5 +487,5 @@ def count_refusal(decision: Decision) -> None:
     limit = decision.limit
     try:
         hook(f"{'key' if limit.scope == 'apiKey' else 'org'}:{limit.kind}", org=limit.org)
-    except Exception:  # noqa: BLE001 - a metrics failure never changes an answer
+    except Exception:  # a metrics failure never changes an answer
         logger.exception("could not count a rate-limit refusal")

@@ -11,7 +11,6 @@ from orgs.actor import Actor
 from orgs.roles import OWNER, VIEWER
 from orgs.services import rate_limits
 
-
 _PER_MINUTE = "per minute, in any 60 s (a sliding window); null = unlimited"
 
 
