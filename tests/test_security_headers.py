@@ -7,6 +7,8 @@ no admin page or the docs raise a CSP violation.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import re
 import subprocess
 import sys
@@ -138,7 +140,10 @@ def test_item12_docs_render_and_admin_raises_no_csp_violation(browser, live_serv
     org = f.OrganizationFactory(slug="acme")
     f.member(org, "owner", "olivia")
     agent, _ = agent_with_revision(org, "support")
-    run = run_once(agent)
+    # Playwright's sync API runs an event loop in this thread, and the engine's sync entry point
+    # refuses to block a running loop: record the run from a thread of its own, as a sync view would.
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(run_once, agent).result()
     assert Run.objects.filter(pk=run.pk).exists()
 
     page, errors, outside = _watched_page(browser, base)
