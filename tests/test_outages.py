@@ -326,7 +326,11 @@ print(json.dumps({"key": key, "session": client.cookies["sessionid"].value}))
 
 
 @pytest.mark.django_db(transaction=True)
-def test_postgresql_outage_answers_503_fast_refuses_executes_before_any_model_call_then_recovers():
+@pytest.mark.parametrize("connections", [
+    pytest.param({"DB_POOL_MAX_SIZE": "4", "DB_POOL_MIN_SIZE": "2"}, id="pooled"),
+    pytest.param({"DB_POOL_MAX_SIZE": "0", "DB_CONN_MAX_AGE": "600"}, id="persistent"),
+])
+def test_postgresql_outage_answers_503_fast_refuses_executes_before_any_model_call_then_recovers(connections):
     stub_url, stub = start_openai_stub(script=[{"content": "fine", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}])
     with tempfile.TemporaryDirectory() as directory, stub:
         pg = PostgresServer(directory)
@@ -343,8 +347,7 @@ def test_postgresql_outage_answers_503_fast_refuses_executes_before_any_model_ca
             seeded = subprocess.run([sys.executable, "-c", SEED % {"base": stub_url}], cwd=ROOT, env=env, check=True,
                                     timeout=120, capture_output=True, text=True)
             secrets_ = json.loads(seeded.stdout.strip().splitlines()[-1])
-            server_env = {"DATABASE_URL": pg.url("outage"), "DB_POOL_MAX_SIZE": "4", "DB_POOL_MIN_SIZE": "2",
-                          "LOG_LEVEL": "CRITICAL"}
+            server_env = {"DATABASE_URL": pg.url("outage"), **connections, "LOG_LEVEL": "CRITICAL"}
             with gunicorn(workers=2, threads=4, extra_env=server_env) as base, \
                     httpx.Client(base_url=base, headers={"X-API-KEY": secrets_["key"]}, timeout=30) as client, \
                     httpx.Client(base_url=base, cookies={"sessionid": secrets_["session"]}, timeout=30) as admin:
