@@ -75,6 +75,16 @@ def main() -> None:
     print(f"sequential, {args.n} executes (requests + executions check, tokens reserve + settle; key and org):")
     print(f"  p50 {pct(samples, .5):.3f} ms  p99 {pct(samples, .99):.3f} ms  mean {statistics.mean(samples):.3f} ms"
           f"  (4 round trips; {statistics.mean(samples) / 4:.3f} ms each)")
+    for row in (org, key):  # no tokens per minute: two round trips
+        row.tokens_per_minute = None
+    samples = [one_execute(limiter, org, key) * 1000 for _ in range(args.n)]
+    print(f"  without a tokens limit (2 round trips): p50 {pct(samples, .5):.3f} ms  p99 {pct(samples, .99):.3f} ms")
+    for row in (org, key):
+        row.tokens_per_minute = 10**12
+    started = time.perf_counter()
+    for _ in range(args.n):
+        limiter.client.ping()
+    print(f"  (a PING round trip here: {(time.perf_counter() - started) / args.n * 1000:.3f} ms)")
 
     threaded: list[float] = []
     lock = threading.Lock()
