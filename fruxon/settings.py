@@ -501,7 +501,8 @@ FRUXON_OTEL_QUEUE_SIZE = int(os.environ.get("FRUXON_OTEL_QUEUE_SIZE", "2048"))
 # Limits per org and per API key live in the database (GET/PUT /v1/{tenant}/rate-limits, rateLimits on keys);
 # the counting is on Redis (fruxon.ratelimit): FRUXON_RATELIMIT_REDIS_URL, else REDIS_URL; without either,
 # limits are not enforced (logged). While Redis is unreachable limits fail open: each check waits at most
-# FRUXON_RATELIMIT_TIMEOUT_MS, then Redis is skipped for FRUXON_RATELIMIT_BREAKER_SECONDS, and the outage is
+# FRUXON_RATELIMIT_TIMEOUT_MS; after a refused connection or three timeouts in a row Redis is skipped for
+# FRUXON_RATELIMIT_BREAKER_SECONDS, and the outage is
 # logged at most once per FRUXON_RATELIMIT_LOG_INTERVAL_SECONDS per process.
 FRUXON_RATELIMIT_REDIS_URL = os.environ.get("FRUXON_RATELIMIT_REDIS_URL", "")
 FRUXON_RATELIMIT_TIMEOUT_MS = float(os.environ.get("FRUXON_RATELIMIT_TIMEOUT_MS", "50"))
