@@ -502,3 +502,13 @@ def test_admin_lists_alerts_with_delivery_status_and_owners_redeliver(acme, peop
     assert hook.calls == 2 and _delivery(alert).status == "delivered" and _delivery(alert).attempts == 1
     assert AuditEvent.objects.filter(organization=acme, action="alert.redelivered",
                                      actor_user=people["owner"]).count() == 1
+
+
+def test_rotate_refuses_a_body_that_is_not_an_object(acme, people):
+    owner = Api.as_user(people["owner"])
+    old = _secret(acme)
+    for body in ("null", "[]", '"x"'):
+        refused = owner.post("/v1/acme/settings/webhook-secret:rotate", body, content_type="application/json")
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_request", body
+    assert _secret(acme) == old
+    assert owner.post("/v1/acme/settings/webhook-secret:rotate").status_code == 200  # no body: the defaults

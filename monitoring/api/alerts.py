@@ -161,7 +161,7 @@ class WebhookSecretRotateView(OrgScopedAPIView):
         "previous secret keeps accepting them until it switches. Audited as `org.webhook_secret_rotated` (without "
         "the secret)."))
     def post(self, request, tenant):
-        data = validated(WebhookSecretRotate, request.data or {})
+        data = validated(WebhookSecretRotate, request.data)  # no body: {}; a body that is not an object: 400
         grace = data.get("graceSeconds")
         if grace is None:
             grace = int(alerts.setting("FRUXON_WEBHOOK_SECRET_GRACE_HOURS") * 3600)
