@@ -198,12 +198,14 @@ def fmt_cpu(cores: dict[str, float]) -> str:
 # --------------------------------------------------------------------------- stub and seed (child processes)
 
 
-def child_stub(latency_ms: float) -> None:
-    """``_stub MS``: serve the OpenAI-compatible stub until stdin closes."""
+def child_stub(latency_ms: float, record: bool = True) -> None:
+    """``_stub MS [norecord]``: serve the OpenAI-compatible stub until stdin closes.
+
+    ``norecord`` keeps no copy of the requests (for long runs: bench/soak.py)."""
     sys.path.insert(0, str(ROOT))
     from agents.engine.testing import start_openai_stub
 
-    base_url, server = start_openai_stub(latency_ms=latency_ms)
+    base_url, server = start_openai_stub(latency_ms=latency_ms, record=record)
     print(base_url, flush=True)
     try:
         sys.stdin.read()  # the parent closes our stdin (or dies) to stop us
@@ -562,12 +564,13 @@ def parse_server(text: str) -> tuple[str, list[str], str]:
     raise SystemExit(f"unknown server {text!r}: use gthread[:W[:T]] or uvicorn[:W]")
 
 
-def start_server(argv: list[str], env: dict, port: int) -> subprocess.Popen:
+def start_server(argv: list[str], env: dict, port: int, **popen) -> subprocess.Popen:
+    """Start the server on ``HOST:port`` and wait until it accepts; ``popen``: e.g. ``stdout=`` a log file."""
     if argv[0].endswith("gunicorn"):
         argv = argv + ["--bind", f"{HOST}:{port}"]
     else:
         argv = argv + ["--host", HOST, "--port", str(port)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, **popen)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -829,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_stub":
-        child_stub(float(sys.argv[2]))
+        child_stub(float(sys.argv[2]), record=sys.argv[3:4] != ["norecord"])
     elif len(sys.argv) > 1 and sys.argv[1] == "_seed":
         child_seed(sys.argv[2])
     else:
