@@ -58,7 +58,7 @@ from django.utils.text import Truncator
 from deployments import readiness, scheduling, services, shadow
 from deployments.health import deployment_health
 from deployments.models import Deployment, ScheduledDeployment, ShadowConfig, ShadowResult
-from fruxon.admin_base import OrgScopedAdmin, actor_for
+from fruxon.admin_base import OrgScopedAdmin, ReadOnlyRecords, actor_for
 from fruxon.errors import FruxonError
 from orgs.roles import EDITOR, OWNER, role_at_least
 
@@ -424,19 +424,8 @@ def checks_table(checks: list[dict]) -> str:
 
 
 # --- read-only admins of deployments' rows ---------------------------------------------------------
-class _ReadOnly:
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(ScheduledDeployment)
-class ScheduledDeploymentAdmin(_ReadOnly, OrgScopedAdmin):
+class ScheduledDeploymentAdmin(ReadOnlyRecords, OrgScopedAdmin):
     """Scheduled rollouts: created on an agent's "Schedule…" page; cancelled here by editors of the agent."""
 
     list_display = ("run_at", "agent", "revision_column", "status", "failure_code", "failure_reason",
@@ -512,7 +501,7 @@ class ScheduledDeploymentAdmin(_ReadOnly, OrgScopedAdmin):
 
 
 @admin.register(ShadowConfig)
-class ShadowConfigAdmin(_ReadOnly, OrgScopedAdmin):
+class ShadowConfigAdmin(ReadOnlyRecords, OrgScopedAdmin):
     """Which agents run a candidate in shadow; configured on the agent's "Shadow…" page."""
 
     list_display = ("agent", "revision_column", "sample_rate", "updated_by_label", "updated_at", "manage",
@@ -531,7 +520,7 @@ class ShadowConfigAdmin(_ReadOnly, OrgScopedAdmin):
 
 
 @admin.register(ShadowResult)
-class ShadowResultAdmin(_ReadOnly, OrgScopedAdmin):
+class ShadowResultAdmin(ReadOnlyRecords, OrgScopedAdmin):
     """Live against shadow output per sampled run, read-only."""
 
     list_display = ("created_at", "agent", "candidate_column", "live_output", "shadow_output", "outputs_equal",
@@ -561,7 +550,7 @@ class ShadowResultAdmin(_ReadOnly, OrgScopedAdmin):
 
 
 # --- the deploy history ----------------------------------------------------------------------------
-class _DeploymentHistoryBase(_ReadOnly, OrgScopedAdmin):
+class _DeploymentHistoryBase(ReadOnlyRecords, OrgScopedAdmin):
     """Used only when ``deployments/admin.py`` (export / import) is absent."""
 
     list_filter = ("organization", "kind")
@@ -577,7 +566,7 @@ def _history_admin_base() -> type[admin.ModelAdmin]:
     return _DeploymentHistoryBase
 
 
-class DeploymentHealthMixin:
+class DeploymentHealthMixin(ReadOnlyRecords):
     """The history's columns, and a deployment's page with its checklist and health verdict."""
 
     list_display = ("at", "agent", "kind", "from_column", "to_column", "actor_label", "reason_column", "forced",
@@ -594,15 +583,6 @@ class DeploymentHealthMixin:
 
     def get_readonly_fields(self, request, obj=None):
         return (*self.detail, "checks_table", "health")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="from", ordering="from_revision_id")
     def from_column(self, obj) -> str:

@@ -32,7 +32,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from fruxon.admin_base import OrgScopedAdmin, actor_for, orgs_with_role
+from fruxon.admin_base import OrgScopedAdmin, ReadOnlyRecords, actor_for, orgs_with_role
 from fruxon.errors import FruxonError
 from orgs.models import Organization
 from orgs.roles import OWNER
@@ -131,7 +131,7 @@ def _plan_context(plan: dict) -> dict:
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(OrgScopedAdmin):
+class DeploymentAdmin(ReadOnlyRecords, OrgScopedAdmin):
     """The deploy history (read-only), with the org export and import pages."""
 
     list_display = ("agent", "kind", "from_revision_id", "to_revision_id", "actor_label", "forced", "at", "organization")
@@ -142,15 +142,6 @@ class DeploymentAdmin(OrgScopedAdmin):
               "checks")
     readonly_fields = fields
     change_list_template = _template(_CHANGE_LIST)
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def changelist_view(self, request, extra_context=None):
         return super().changelist_view(request, {**(extra_context or {}), "may_transfer": owner_orgs(request).exists()})

@@ -40,7 +40,7 @@ from django.utils.text import Truncator
 from agents.admin import RawIdLookupMixin, admin_link, editable_agents, may_edit_agent, pretty_json, revision_link
 from agents.admin_deploy import may
 from agents.models import Revision
-from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, orgs_with_role
+from fruxon.admin_base import OrgScopedAdmin, ReadOnlyRecords, OrgScopedModelForm, actor_for, adopt, orgs_with_role
 from fruxon.api.parsers import BoundedJSONDecoder
 from fruxon.errors import FruxonError, InvalidRequest
 from orgs.admin import CommaSeparatedField
@@ -310,7 +310,7 @@ class StartEvaluationForm(forms.Form):
 
 
 @admin.register(EvaluationRun)
-class EvaluationRunAdmin(RawIdLookupMixin, OrgScopedAdmin):
+class EvaluationRunAdmin(ReadOnlyRecords, RawIdLookupMixin, OrgScopedAdmin):
     """Evaluations, read-only; editors of an agent start and cancel its evaluations."""
 
     list_display = ("id", "agent", "revision_column", "dataset", "status", "trigger", "progress", "score_column",
@@ -339,15 +339,6 @@ class EvaluationRunAdmin(RawIdLookupMixin, OrgScopedAdmin):
     def get_readonly_fields(self, request, obj=None):
         return (*self.summary_fields, "aggregates_table", "comparison", "results_table", "metrics_pretty",
                 "pass_threshold")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_evaluate_permission(self, request) -> bool:
         """Starting and cancelling: offered to whoever is an editor somewhere; each agent is checked when used."""

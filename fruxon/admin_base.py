@@ -141,6 +141,20 @@ class OrgScopedModelForm(forms.ModelForm):
 
 
 # --- the base admin --------------------------------------------------------------------------
+class ReadOnlyRecords:
+    """For rows that only services write (deployments, alerts, audit events, results): shown, never
+    added, changed or deleted through the admin. Put it before ``OrgScopedAdmin`` in the bases."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class OrgScopedAdmin(admin.ModelAdmin):
     """Admin for a tenant-owned model; see the module docstring for the contract.
 

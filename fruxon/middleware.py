@@ -26,7 +26,7 @@ def _stamp(request, response):
     return response
 
 
-class _SyncAndAsync:
+class SyncAndAsyncMiddleware:
     """A middleware that runs in the mode of the stack around it (no thread hop under ASGI).
 
     Subclasses define ``before(request)``, which may answer at once, and ``after(request, response)``.
@@ -56,7 +56,7 @@ class _SyncAndAsync:
         return response
 
 
-class RequestTimerMiddleware(_SyncAndAsync):
+class RequestTimerMiddleware(SyncAndAsyncMiddleware):
     def before(self, request):
         request.fruxon_started = time.monotonic()
 
@@ -64,7 +64,7 @@ class RequestTimerMiddleware(_SyncAndAsync):
         return _stamp(request, response)
 
 
-class RefuseUnstorableURLMiddleware(_SyncAndAsync):
+class RefuseUnstorableURLMiddleware(SyncAndAsyncMiddleware):
     """A URL whose path or query holds a NUL (``%00``) answers 400 ``invalid_request``.
 
     PostgreSQL cannot store or compare text holding NUL, so such a value used as

@@ -26,9 +26,11 @@ import os
 import threading
 import time
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
+
+from fruxon.middleware import SyncAndAsyncMiddleware
 
 PATHS = ("/healthz", "/readyz", "/metrics")
 
@@ -159,17 +161,8 @@ _VIEWS = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
 _BLOCKING = {"/readyz", "/metrics"}  # network I/O: off the event loop under ASGI
 
 
-class OperationsMiddleware:
+class OperationsMiddleware(SyncAndAsyncMiddleware):
     """Answers ``GET``/``HEAD`` on the operations paths before sessions, hosts and authentication."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
     def _view(self, request):
         view = _VIEWS.get(request.path_info)

@@ -42,7 +42,7 @@ from django.utils import timezone
 from agents.admin import AgentChoiceField, RawIdLookupMixin, admin_link, deletion_summary, pretty_json, revision_link
 from agents.models import Agent
 from fruxon import egress
-from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, org_roles, orgs_with_role
+from fruxon.admin_base import OrgScopedAdmin, ReadOnlyRecords, OrgScopedModelForm, actor_for, adopt, org_roles, orgs_with_role
 from orgs.admin import CommaSeparatedField
 from orgs.models import Organization
 from orgs.roles import OWNER
@@ -202,7 +202,7 @@ class RunAdmin(RawIdLookupMixin, OrgScopedAdmin):
 
 # --- conversations ----------------------------------------------------------------------------------
 @admin.register(Conversation)
-class ConversationAdmin(OrgScopedAdmin):
+class ConversationAdmin(ReadOnlyRecords, OrgScopedAdmin):
     """Conversations, read-only: each page lists its runs in order, one per turn."""
 
     list_display = ("key", "agent", "organization", "turns", "created_at", "updated_at")
@@ -212,15 +212,6 @@ class ConversationAdmin(OrgScopedAdmin):
     date_hierarchy = "updated_at"
     fields = ("key", "organization", "agent", "turns", "created_at", "updated_at", "turn_list")
     readonly_fields = fields
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="runs, in order")
     def turn_list(self, obj) -> str:

@@ -14,7 +14,7 @@ from django.db.models import Prefetch
 from django.utils.html import format_html, format_html_join
 
 from agents.admin import pretty_json
-from fruxon.admin_base import OrgScopedAdmin, actor_for
+from fruxon.admin_base import OrgScopedAdmin, ReadOnlyRecords, actor_for
 from orgs.roles import OWNER
 
 from . import alerts
@@ -30,7 +30,7 @@ def _status(alert) -> str:
 
 
 @admin.register(Alert)
-class AlertAdmin(OrgScopedAdmin):
+class AlertAdmin(ReadOnlyRecords, OrgScopedAdmin):
     view_role = OWNER
     change_role = OWNER
     list_display = ("id", "kind", "subject", "organization", "status", "deliveries_summary", "created_at")
@@ -44,15 +44,6 @@ class AlertAdmin(OrgScopedAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("organization").prefetch_related(
             Prefetch("deliveries", queryset=AlertDelivery.objects.order_by("id"))).distinct()
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_redeliver_permission(self, request) -> bool:
         return self.has_role(request, None, OWNER)

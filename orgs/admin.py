@@ -28,7 +28,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from agents.engine import destinations
-from fruxon.admin_base import OrgScopedAdmin, OrgScopedModelForm, actor_for, adopt, forget_roles
+from fruxon.admin_base import OrgScopedAdmin, ReadOnlyRecords, OrgScopedModelForm, actor_for, adopt, forget_roles
 from fruxon import egress
 from fruxon.errors import Conflict, FruxonError
 from orgs.api.serializers import HttpConfig
@@ -422,7 +422,7 @@ class IntegrationAdmin(OrgScopedAdmin):
 
 # --- audit trail -------------------------------------------------------------------------------------------
 @admin.register(AuditEvent)
-class AuditEventAdmin(OrgScopedAdmin):
+class AuditEventAdmin(ReadOnlyRecords, OrgScopedAdmin):
     """The audit trail, read-only for owners. Nobody adds, changes or deletes an event here."""
 
     view_role = OWNER
@@ -434,11 +434,3 @@ class AuditEventAdmin(OrgScopedAdmin):
     fields = ("at", "organization", "actor_label", "actor_user", "actor_key", "action", "target_type", "target_id", "data")
     readonly_fields = fields
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
