@@ -30,7 +30,7 @@ import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -84,6 +84,15 @@ class HttpReply:
         return self.body.decode("utf-8", errors="replace")
 
 
+def _raise_for_timeout(exc: Exception, deadline: float) -> NoReturn:
+    """Re-raise a timeout as the contract says: a connect timeout with time left stays itself (the
+    caller may retry); any other (httpx's, or the deadline's own ``asyncio.timeout``) is
+    :class:`DeadlineReached`."""
+    if isinstance(exc, httpx.ConnectTimeout) and time.monotonic() < deadline:
+        raise exc
+    raise DeadlineReached() from exc
+
+
 def post_json(client: httpx.Client, url: str, *, payload: Any, headers: Mapping[str, str], deadline: float,
               connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> HttpReply:
     remaining = deadline - time.monotonic()
@@ -104,9 +113,7 @@ def post_json(client: httpx.Client, url: str, *, payload: Any, headers: Mapping[
                     raise DeadlineReached()
             return HttpReply(response.status_code, response.headers, b"".join(chunks))
     except httpx.TimeoutException as exc:
-        if isinstance(exc, httpx.ConnectTimeout) and time.monotonic() < deadline:
-            raise
-        raise DeadlineReached() from exc
+        _raise_for_timeout(exc, deadline)
 
 
 # --- async ------------------------------------------------------------------------
@@ -222,12 +229,8 @@ async def apost_json(client: httpx.AsyncClient, url: str, *, payload: Any, heade
                 return HttpReply(response.status_code, response.headers, b"".join(chunks))
             finally:
                 await response.aclose()
-    except TimeoutError:
-        raise DeadlineReached() from None
-    except httpx.TimeoutException as exc:
-        if isinstance(exc, httpx.ConnectTimeout) and time.monotonic() < deadline:
-            raise
-        raise DeadlineReached() from exc
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        _raise_for_timeout(exc, deadline)
 
 
 @dataclass
@@ -286,12 +289,8 @@ async def apost_stream(client: httpx.AsyncClient, url: str, *, payload: Any, hea
     try:
         async with asyncio.timeout(remaining):
             response = await client.send(request, stream=True)
-    except TimeoutError:
-        raise DeadlineReached() from None
-    except httpx.TimeoutException as exc:
-        if isinstance(exc, httpx.ConnectTimeout) and time.monotonic() < deadline:
-            raise
-        raise DeadlineReached() from exc
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        _raise_for_timeout(exc, deadline)
     try:
         reply = StreamReply(response.status_code, response.headers, response)
         if not 200 <= response.status_code < 300:
