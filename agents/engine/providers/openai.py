@@ -74,17 +74,6 @@ def _ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000.0
 
 
-def _provider_message(reply: HttpReply) -> str:
-    try:
-        error = reply.json().get("error")
-    except (ValueError, AttributeError):  # not JSON, or not an object
-        error = None
-    message = error.get("message") if isinstance(error, dict) else error
-    if isinstance(message, str) and message:
-        return message[:300]
-    return reply.text()[:300] or "no body"
-
-
 def _retry_after(reply: HttpReply) -> float | None:
     value = reply.headers.get("retry-after")
     try:
