@@ -11,12 +11,10 @@ on model providers.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from decimal import Decimal
 
-import httpx
 from django.db import connection
 from django.utils import timezone
 
@@ -28,40 +26,10 @@ from orgs.models import Integration
 from orgs.services import secrets
 
 from . import engine
-from .engine import egress
 from .limits import engine_limits
 from .models import Agent, Revision
 
 logger = logging.getLogger(__name__)
-
-
-# Outbound HTTP (model providers, tools): a few pooled clients per process rather than
-# one. httpcore's pool scans every connection it holds on each request and each
-# release, so one client holding hundreds of keep-alive connections (hundreds of
-# executions in flight) spent more CPU scanning than the rest of the execute path.
-# A thread keeps to one shard, so its keep-alive connections are reused.
-HTTP_CLIENT_SHARDS = 32
-_http_clients: list[httpx.Client | None] = [None] * HTTP_CLIENT_SHARDS
-_http_lock = threading.Lock()
-_http_shard = threading.local()
-_next_shard = itertools.count()
-
-
-def http_client() -> httpx.Client:
-    # Shards are dealt to threads in turn (thread idents are aligned addresses: hashing
-    # them would put every thread on the same shard).
-    shard = getattr(_http_shard, "index", None)
-    if shard is None:
-        shard = _http_shard.index = next(_next_shard) % HTTP_CLIENT_SHARDS
-    client = _http_clients[shard]
-    if client is None:
-        with _http_lock:
-            client = _http_clients[shard]
-            if client is None:
-                # Through the egress policy (agents.engine.egress): every connection is checked.
-                client = _http_clients[shard] = egress.client(
-                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=64), follow_redirects=False)
-    return client
 
 
 class DjangoRuntime(engine.Runtime):
@@ -77,7 +45,6 @@ class DjangoRuntime(engine.Runtime):
         self._lock = threading.Lock()
         self._prices: dict | None = None
         self._main_thread = threading.get_ident()
-        self.http_client = http_client()  # the engine's pooled client for this run (a shard, see above)
         # The budget period is fixed for the whole run: a run that starts before
         # midnight spends from the day it started in.
         self.budget = budget

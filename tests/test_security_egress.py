@@ -421,12 +421,11 @@ def test_item3_errors_are_generic(org, owner_client, settings, stubs):
 
 
 def test_item3_every_product_client_goes_through_the_policy(no_allow, stubs):
-    """The engine's default client, the runtime's shards and the webhook client all refuse loopback."""
+    """The engine's default sync client and the webhook client refuse loopback (the async one: the test above)."""
     from agents.engine.transport import default_client
-    from agents.runtime import http_client
 
     stub = stubs()
-    for client in (default_client(), http_client(), webhook_client()):
+    for client in (default_client(), webhook_client()):
         with pytest.raises(httpx.ConnectError) as caught:
             client.get(f"{stub.base_url}/")
         assert egress.is_denied(caught.value)
