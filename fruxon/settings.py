@@ -380,7 +380,7 @@ for _handler in LOGGING["handlers"].values():
 # come straight from the apps (no collectstatic needed).
 INSTALLED_APPS += ["drf_spectacular_sidecar"]
 MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
-                  "whitenoise.middleware.WhiteNoiseMiddleware")
+                  "fruxon.static_files.StaticFilesMiddleware")
 WHITENOISE_USE_FINDERS = DEBUG or TESTING
 WHITENOISE_AUTOREFRESH = DEBUG
 SPECTACULAR_SETTINGS |= {
