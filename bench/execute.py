@@ -1078,9 +1078,12 @@ def warm(port: int, key: str, agents: list[tuple[str, bool]], calls: int = 10, c
                 body = {"input": {"question": "where is my order?"}}
                 if stream:
                     body["stream"] = True
-                conn.request("POST", f"/v1/{ORG}/agents/{agent}:execute", json.dumps(body),
-                             {"X-API-KEY": key, "Content-Type": "application/json"})
-                conn.getresponse().read()
+                try:
+                    conn.request("POST", f"/v1/{ORG}/agents/{agent}:execute", json.dumps(body),
+                                 {"X-API-KEY": key, "Content-Type": "application/json"})
+                    conn.getresponse().read()
+                except (OSError, http.client.HTTPException):
+                    conn.close()  # reconnects on the next request
         conn.close()
 
     with ThreadPoolExecutor(conns) as pool:
@@ -1283,7 +1286,7 @@ class Bench:
         warmup = max(args.warmup, delay_ms / 1000.0 + 1.0)
         log(f"in flight against the {delay_ms:.0f} ms stub ('{agent}'), closed loop; success = HTTP 200, run ok, "
             f"answered within {late_ms / 1000:g} s; {seconds:g} s per level after {warmup:g} s warm-up")
-        held, texts, cpus = 0, [], None
+        held, texts, cpus, last_cpu = 0, [], None, None
         for level in levels:
             self.quiet()
             self.drain()
@@ -1377,26 +1380,29 @@ class Bench:
                                    f"<= {TARGETS['kb']:g} KB", per <= TARGETS["kb"], self.memory_cpu))
 
     def run(self) -> None:
-        args, phases = self.args, self.phases
-        if "memory" in phases or "inflight5" in phases:
-            self.idle_rss()
-        if "seq" in phases:
-            self.seq()
-        if "budget" in phases:
-            self.budget()
-        if "throughput" in phases:
-            self.throughput()
-        if "inflight" in phases:
-            self.inflight("slow", args.ramp, args.latency_ms, args.ramp_seconds, TARGETS["inflight"], "inflight")
-        if "burst" in phases:
-            self.burst()
-        if "inflight5" in phases:
-            self.inflight("slow5", args.ramp5, args.latency5_ms, args.ramp5_seconds, TARGETS["inflight5"],
-                          "inflight5")
-        if "stream" in phases:
-            self.stream()
-        if "memory" in phases:
-            self.memory()
+        args = self.args
+        steps = [
+            ("idle", self.idle_rss),
+            ("seq", self.seq),
+            ("budget", self.budget),
+            ("throughput", self.throughput),
+            ("inflight", lambda: self.inflight("slow", args.ramp, args.latency_ms, args.ramp_seconds,
+                                               TARGETS["inflight"], "inflight")),
+            ("burst", self.burst),
+            ("inflight5", lambda: self.inflight("slow5", args.ramp5, args.latency5_ms, args.ramp5_seconds,
+                                                TARGETS["inflight5"], "inflight5")),
+            ("stream", self.stream),
+            ("memory", self.memory),
+        ]
+        for name, step in steps:
+            wanted = bool(self.phases & {"memory", "inflight5"}) if name == "idle" else name in self.phases
+            if not wanted:
+                continue
+            try:
+                step()
+            except (Exception, SystemExit) as exc:  # noqa: BLE001  (one phase's failure ends only that phase)
+                log(f"phase {name} failed: {type(exc).__name__}: {exc}")
+                self.figures.append(Figure(f"phase {name}", "failed", "-", False))
 
 
 def stub_alone(stub: Stub, args) -> Figure:
@@ -1464,6 +1470,18 @@ def print_summary(results: list[tuple[str, list[Figure]]], phases: set[str], arg
     misses = [(server, figure.label) for server, figures in results for figure in figures if figure.met is False]
     log("verdict: " + ("all targets met" if not misses else
                        f"{len(misses)} missed: " + "; ".join(f"{server}: {label}" for server, label in misses)))
+
+
+def log_digest(text: str, top: int = 5) -> list[tuple[str, int]]:
+    """The most frequent lines of a server log other than gunicorn's INFO and stop lines, without
+    their timestamp and pid (a missed figure may say why there: 503s, pool time-outs...)."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.strip() or "[INFO]" in line or "was sent SIGTERM" in line:
+            continue
+        line = re.sub(r"^\[[^]]*\] \[\d+\] ", "", line)[:160]
+        counts[line] = counts.get(line, 0) + 1
+    return sorted(counts.items(), key=lambda item: -item[1])[:top]
 
 
 def ints(text: str) -> list[int]:
@@ -1589,6 +1607,8 @@ def main(argv: list[str] | None = None) -> int:
                 errors = [line for line in text.splitlines() if "ERROR" in line and "was sent SIGTERM" not in line]
                 log(f"{label}: {time.monotonic() - started:.0f} s; its log has {text.count('Traceback')} "
                     f"tracebacks, {len(errors)} ERROR lines ({server_log})")
+                for line, count in log_digest(text):
+                    log(f"  {count:6d} x {line}")
                 results.append((label, bench.figures))
             sql(db_url, "TRUNCATE monitoring_span, monitoring_run CASCADE")
     finally:
