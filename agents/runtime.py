@@ -32,7 +32,76 @@ from .models import Agent, Revision
 logger = logging.getLogger(__name__)
 
 
-class DjangoRuntime(engine.Runtime):
+# --- what both runtimes read from the database (sync ORM: the async runtime runs them via fruxon.adb) ---
+
+def secret_value(organization_id: int, name: str, agent: str) -> engine.SecretValue:
+    """The value with the hosts it may go to (its allowedHosts and its integrations' hosts), read now:
+    a narrowed allowedHosts or a moved integration counts from the next run on."""
+    try:
+        value, hosts = secrets.resolve(organization_id=organization_id, name=name, agent_slug=agent)
+        return engine.SecretValue(value, hosts)
+    except secrets.SecretNotAllowed as exc:
+        raise engine.SecretNotAllowed(exc.message) from None
+    except NotFound as exc:
+        raise engine.SecretNotFound(exc.message) from None
+
+
+def integration_info(organization_id: int, slug: str) -> engine.IntegrationInfo | None:
+    row = Integration.objects.filter(organization_id=organization_id, slug=slug).first()
+    if row is None:
+        return None
+    config = row.config or {}
+    return engine.IntegrationInfo(
+        slug=row.slug, base_url=config.get("baseUrl", ""), headers=dict(config.get("headers") or {}),
+        credentials_secret=row.credentials_secret or None, side_effects=row.side_effects, status=row.status,
+        auth_header=config.get("authHeader") or "Authorization", auth_scheme=config.get("authScheme", "Bearer"),
+    )
+
+
+def subagent_revision(organization_id: int, slug: str, revision_id: str | None) -> tuple[str, dict]:
+    agent = Agent.objects.filter(organization_id=organization_id, slug=slug).first()
+    if agent is None:
+        raise engine.AgentNotFound(f"sub-agent {slug!r} does not exist in this organization")
+    target = revision_id or agent.deployed_revision_id
+    if target is None:
+        raise engine.NotDeployed(f"sub-agent {slug!r} has no deployed revision and is not pinned")
+    revision = Revision.objects.filter(agent=agent, pk=target).only("id", "spec").first()
+    if revision is None:
+        raise engine.AgentNotFound(f"sub-agent {slug!r} has no revision {target!r}")
+    return revision.id, revision.spec
+
+
+class BudgetTracking:
+    """What a run spent on its budget, for the threshold alerts (shared by both runtimes).
+
+    Subclasses set ``budget``, ``_budget_state``, ``_lock``, ``spent_before`` and ``spent_after``.
+    """
+
+    def _note_spent(self, spent: int, actual: int) -> None:
+        with self._lock:
+            before = spent - actual
+            self.spent_before = before if self.spent_before is None else min(self.spent_before, before)
+            self.spent_after = spent if self.spent_after is None else max(self.spent_after, spent)
+
+    def budget_thresholds_crossed(self) -> bool:
+        """Did this run's spend cross an alert threshold? (cheap: no query)"""
+        if self.budget is None or self.spent_before is None or not self.budget.alert_thresholds:
+            return False
+        cap = self._budget_state.cap_units
+        return any(self.spent_before < cap * t <= self.spent_after for t in self.budget.alert_thresholds)
+
+    def alert_if_needed(self) -> None:
+        """After the run is recorded: enqueue the threshold alerts it crossed (deduplicated per period)."""
+        if not self.budget_thresholds_crossed():
+            return
+        from fruxon.tasks import defer
+        from monitoring.budget_tasks import check_thresholds
+
+        defer(check_thresholds, self.budget.pk, int(self._budget_state.period_start.timestamp()),
+              self.spent_before, self.spent_after)
+
+
+class DjangoRuntime(BudgetTracking, engine.Runtime):
     # The run limits of settings (FRUXON_MAX_MODEL_CALLS_PER_RUN, FRUXON_MAX_SPANS_PER_RUN), read when a run starts.
     limits = property(lambda self: engine_limits())
 
@@ -63,44 +132,20 @@ class DjangoRuntime(engine.Runtime):
             release_connection()
 
     def resolve_secret(self, name: str, *, agent: str) -> engine.SecretValue:
-        """The value with the hosts it may go to (its allowedHosts and its integrations' hosts), read now:
-        a narrowed allowedHosts or a moved integration counts from the next run on."""
         try:
-            value, hosts = secrets.resolve(organization_id=self.organization_id, name=name, agent_slug=agent)
-            return engine.SecretValue(value, hosts)
-        except secrets.SecretNotAllowed as exc:
-            raise engine.SecretNotAllowed(exc.message) from None
-        except NotFound as exc:
-            raise engine.SecretNotFound(exc.message) from None
+            return secret_value(self.organization_id, name, agent)
         finally:
             self._thread_done()
 
     def get_integration(self, slug: str):
         try:
-            row = Integration.objects.filter(organization_id=self.organization_id, slug=slug).first()
+            return integration_info(self.organization_id, slug)
         finally:
             self._thread_done()
-        if row is None:
-            return None
-        config = row.config or {}
-        return engine.IntegrationInfo(
-            slug=row.slug, base_url=config.get("baseUrl", ""), headers=dict(config.get("headers") or {}),
-            credentials_secret=row.credentials_secret or None, side_effects=row.side_effects, status=row.status,
-            auth_header=config.get("authHeader") or "Authorization", auth_scheme=config.get("authScheme", "Bearer"),
-        )
 
     def load_agent(self, slug: str, revision_id: str | None):
         try:
-            agent = Agent.objects.filter(organization_id=self.organization_id, slug=slug).first()
-            if agent is None:
-                raise engine.AgentNotFound(f"sub-agent {slug!r} does not exist in this organization")
-            target = revision_id or agent.deployed_revision_id
-            if target is None:
-                raise engine.NotDeployed(f"sub-agent {slug!r} has no deployed revision and is not pinned")
-            revision = Revision.objects.filter(agent=agent, pk=target).only("id", "spec").first()
-            if revision is None:
-                raise engine.AgentNotFound(f"sub-agent {slug!r} has no revision {target!r}")
-            return revision.id, revision.spec
+            return subagent_revision(self.organization_id, slug, revision_id)
         finally:
             self._thread_done()
 
@@ -185,27 +230,7 @@ class DjangoRuntime(engine.Runtime):
             return
         finally:
             self._thread_done()
-        with self._lock:
-            before = spent - actual
-            self.spent_before = before if self.spent_before is None else min(self.spent_before, before)
-            self.spent_after = spent if self.spent_after is None else max(self.spent_after, spent)
-
-    def budget_thresholds_crossed(self) -> bool:
-        """Did this run's spend cross an alert threshold? (cheap: no query)"""
-        if self.budget is None or self.spent_before is None or not self.budget.alert_thresholds:
-            return False
-        cap = self._budget_state.cap_units
-        return any(self.spent_before < cap * t <= self.spent_after for t in self.budget.alert_thresholds)
-
-    def alert_if_needed(self) -> None:
-        """After the run is recorded: enqueue the threshold alerts it crossed (deduplicated per period)."""
-        if not self.budget_thresholds_crossed():
-            return
-        from fruxon.tasks import defer
-        from monitoring.budget_tasks import check_thresholds
-
-        defer(check_thresholds, self.budget.pk, int(self._budget_state.period_start.timestamp()),
-              self.spent_before, self.spent_after)
+        self._note_spent(spent, actual)
 
 
 class RateLimitedError(engine.EngineError):
@@ -219,3 +244,105 @@ class LedgerUnavailableError(engine.EngineError):
 
     code = "ledger_unavailable"
 
+
+
+class AsyncDjangoRuntime(BudgetTracking, engine.AsyncRuntime):
+    """``DjangoRuntime`` for the async execute family (``agents.engine.AsyncRuntime``), on the event loop.
+
+    The budget ledger (``monitoring.ledger.async_ledger``), the tokens-per-minute limiter and the
+    price cache are awaited over redis.asyncio; secrets, integrations and sub-agents are the same
+    sync lookups as ``DjangoRuntime``'s, run by ``fruxon.adb.run`` (a bounded executor; they are
+    rare and cached per run by the engine). A model call's reservation is the value
+    ``before_model_call`` returns: ``(budget reservation or None, tokens admission or None)``.
+    """
+
+    limits = property(lambda self: engine_limits())
+    http_client = None  # the loop's pooled client (agents.engine.transport.default_async_client)
+
+    def __init__(self, *, organization_id: int, agent_id: int, budget=None, token_limits=()):
+        self.organization_id = organization_id
+        self.agent_id = agent_id
+        self.token_limits = tuple(token_limits)
+        self.rate_refusal = None
+        self.budget = budget
+        self._budget_state = BudgetState.of(budget, timezone.now()) if budget is not None else None
+        self._lock = threading.Lock()
+        self._prices: dict | None = None
+        self.spent_before: int | None = None
+        self.spent_after: int | None = None
+
+    async def resolve_secret(self, name: str, *, agent: str) -> engine.SecretValue:
+        from fruxon import adb
+
+        return await adb.run(secret_value, self.organization_id, name, agent)
+
+    async def get_integration(self, slug: str):
+        from fruxon import adb
+
+        return await adb.run(integration_info, self.organization_id, slug)
+
+    async def load_agent(self, slug: str, revision_id: str | None):
+        from fruxon import adb
+
+        return await adb.run(subagent_revision, self.organization_id, slug, revision_id)
+
+    async def price_for(self, provider: str, model: str):
+        if self._prices is None:
+            self._prices = await pricing.acached_prices(organization_id=self.organization_id, agent_id=self.agent_id)
+        return pricing.lookup(self._prices, provider, model)
+
+    async def before_model_call(self, estimate_usd: Decimal, *, tokens: int):
+        reservation = None
+        if self._budget_state is not None:
+            from monitoring.ledger import async_ledger
+
+            try:
+                reservation = await async_ledger().reserve(self._budget_state, to_units(estimate_usd))
+            except LedgerUnavailable as exc:
+                observability.ledger_refused(organization_id=self.organization_id, agent_id=self.agent_id,
+                                             reason="ledger_unavailable")
+                raise LedgerUnavailableError(str(exc)) from None
+            if reservation is None:
+                observability.ledger_refused(organization_id=self.organization_id, agent_id=self.agent_id,
+                                             reason="budget_exceeded")
+                raise engine.BudgetExceeded(
+                    f"the agent's {self._budget_state.period} budget cannot admit this model call "
+                    f"(worst case ${estimate_usd})")
+        admitted = None
+        if self.token_limits and tokens is not None:
+            from fruxon import ratelimit
+
+            decision = await ratelimit.acheck(self.token_limits, int(tokens))
+            if not decision.allowed:
+                if reservation is not None:
+                    await self._settle(reservation, 0)
+                self.rate_refusal = decision
+                raise RateLimitedError(ratelimit.refusal(decision).message)
+            admitted = decision if decision.enforced else None
+        if reservation is None and admitted is None:
+            return None
+        return reservation, admitted
+
+    async def _settle(self, reservation, actual: int) -> int | None:
+        from monitoring.ledger import async_ledger
+
+        try:
+            return await async_ledger().settle(reservation, actual)
+        except Exception:  # the reservation stays open; the stale sweep and reconciliation repair the ledger
+            logger.exception("could not settle a budget reservation")
+            return None
+
+    async def after_model_call(self, actual_usd: Decimal, *, tokens: int, reservation) -> None:
+        if reservation is None:
+            return
+        budget_reservation, admitted = reservation
+        if admitted is not None:
+            from fruxon import ratelimit
+
+            await ratelimit.asettle(admitted, tokens or 0)
+        if budget_reservation is None:
+            return
+        actual = to_units(actual_usd, round_up=False)
+        spent = await self._settle(budget_reservation, actual)
+        if spent is not None:
+            self._note_spent(spent, actual)

@@ -18,7 +18,6 @@ from . import engine
 from .grants import grant_role
 from .models import Agent
 
-
 # shadow_config, gating_dataset and budget ride along (joins): the execute path and
 # the agent serializer need them, and a missing row costs nothing.
 _ALWAYS_RELATED = ("shadow_config", "gating_dataset", "budget")
@@ -131,6 +130,20 @@ def resolve_tenant_and_agent_for_key(*, tenant: str, slug: str, api_key: ApiKey,
     if agent is None:
         # Say which is missing, exactly as the two-step resolution would: the org's 404 first.
         resolve_tenant(slug=tenant, user=None, api_key=api_key)
+        raise _missing_agent(slug)
+    _check_key(api_key, agent)
+    return agent.organization, agent
+
+
+async def aresolve_tenant_and_agent_for_key(*, tenant: str, slug: str, api_key: ApiKey,
+                                            select_related: tuple[str, ...] = ()) -> tuple[Organization, Agent]:
+    """``resolve_tenant_and_agent_for_key`` for the async execute family: the same query (through
+    ``fruxon.adb``) and the same answers. Only a miss (a 404 to explain) takes the sync resolution."""
+    agent = await _key_lookup(select_related).afirst(api_key.organization_id, tenant, slug)
+    if agent is None:
+        from fruxon import adb
+
+        await adb.run(resolve_tenant, slug=tenant, user=None, api_key=api_key)  # the org's 404 first
         raise _missing_agent(slug)
     _check_key(api_key, agent)
     return agent.organization, agent

@@ -69,18 +69,30 @@ def disable(*, actor: Actor, agent: Agent) -> None:
                      target_id=agent.slug)
 
 
-def maybe_enqueue(*, agent: Agent, run: Run, rng=random.random) -> bool:
-    """Sample a live run on the deployed revision; enqueue its shadow. True when enqueued."""
+def sampled(*, agent: Agent, run: Run, rng=random.random) -> str | None:
+    """The candidate revision to shadow this live run with, when it is sampled; None otherwise. No query."""
     if run.source != "api" or run.revision_id != agent.deployed_revision_id:
-        return False
+        return None
     config = getattr(agent, "shadow_config", None)  # select_related by agents.scoping
     if config is None or config.revision_id == run.revision_id or rng() >= config.sample_rate:
-        return False
+        return None
+    return config.revision_id
+
+
+def enqueue(run: Run, candidate_revision_id: str) -> None:
     from fruxon.tasks import defer
 
     from .tasks import run_shadow
 
-    defer(run_shadow, run.id, config.revision_id)
+    defer(run_shadow, run.id, candidate_revision_id)
+
+
+def maybe_enqueue(*, agent: Agent, run: Run, rng=random.random) -> bool:
+    """Sample a live run on the deployed revision; enqueue its shadow. True when enqueued."""
+    candidate = sampled(agent=agent, run=run, rng=rng)
+    if candidate is None:
+        return False
+    enqueue(run, candidate)
     return True
 
 
@@ -155,7 +167,7 @@ def run_shadow_for(live_run_id: str, candidate_revision_id: str) -> ShadowResult
         # The candidate refused the live input (e.g. it declares other inputs): a disagreement
         # worth seeing in the results, not a silent log line.
         return _record(live, candidate_revision_id, shadow_run=None, error=exc.message[:1000])
-    except Exception as exc:  # noqa: BLE001 - recorded, not retried: the claim already stands
+    except Exception as exc:
         logger.exception("shadow run of %s for live run %s failed", candidate_revision_id, live.pk)
         return _record(live, candidate_revision_id, shadow_run=None, error=f"internal error: {type(exc).__name__}")
     shadow = outcome.run

@@ -1,10 +1,11 @@
-"""ASGI entry point (``uvicorn fruxon.asgi:application``).
+"""ASGI entry point: the production server (README: gunicorn managing uvicorn workers).
 
-The API views are synchronous: under ASGI Django runs each request's sync code
-in a thread of its own, so a request waiting on a model provider holds a thread
-(not the event loop). Use a connection pool (``DB_POOL_MAX_SIZE``) rather than
-persistent connections (``DB_CONN_MAX_AGE``) under ASGI: per-request threads
-cannot reuse a thread-bound persistent connection.
+The execute family (``agents.api.execute``) is async and runs on each worker's event loop
+with no thread per execution; it reaches PostgreSQL through ``fruxon.adb``'s pool, which
+this module switches on (one event loop per process, living as long as it). The rest of
+the API and the admin are synchronous Django and DRF: Django runs each such request on a
+thread of its own (``ThreadSensitiveContext``) and they use Django's connection pool
+(``DB_POOL_MAX_SIZE``) rather than persistent connections.
 """
 import os
 
@@ -12,3 +13,7 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fruxon.settings")
 application = get_asgi_application()
+
+from fruxon import adb
+
+adb.SERVED_BY_ASGI = True

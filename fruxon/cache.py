@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 import redis
 from django.core.cache import cache as default_cache
@@ -48,6 +49,7 @@ class CacheUnavailable(Exception):
     """The shared cache (Redis) cannot be reached (raised by ``strict`` only)."""
 
 _clients: dict[tuple, object] = {}
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> (pid, client)
 _lock = threading.Lock()
 
 
@@ -127,6 +129,76 @@ class SharedRedisCache(RedisCache):
     def get_many(self, keys, version=None):
         return self._call("get_many", {}, False, keys, version)
 
+    # --- async reads and writes for the execute family (redis.asyncio, one client per event loop) ----
+    # Django's own aget/aset run the sync call in a thread; these await Redis on the loop. Same keys,
+    # same serializer, same breaker and outage rule (a miss, never an exception). Deletes stay sync:
+    # nothing on the async path deletes.
+    def _async_client(self):
+        import asyncio
+
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        client = _async_clients.get(loop)
+        if client is None or client[0] != os.getpid():
+            options = self._cache._pool_options
+            client = _async_clients[loop] = (os.getpid(), redis.asyncio.Redis.from_url(
+                self._servers[0], socket_connect_timeout=options.get("socket_connect_timeout"),
+                socket_timeout=options.get("socket_timeout"),
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 1)))
+        return client[1]
+
+    async def _acall(self, default, operation):
+        if not self.breaker.allow() or _pending_deletes:  # pending deletes are replayed by the sync path first
+            return default if not _pending_deletes else await _in_thread(self._sync_fallback, operation)
+        try:
+            result = await operation(self._async_client())
+        except OUTAGE_ERRORS as exc:
+            self.breaker.failure(exc)
+            return default
+        self.breaker.success()
+        return result
+
+    @staticmethod
+    def _sync_fallback(operation):
+        return operation.sync()
+
+    async def aget(self, key, default=None, version=None):
+        made = self.make_and_validate_key(key, version=version)
+
+        async def get(client):
+            value = await client.get(made)
+            return default if value is None else self._cache._serializer.loads(value)
+
+        get.sync = lambda: self.get(key, default, version)
+        return await self._acall(default, get)
+
+    async def aget_many(self, keys, version=None):
+        keys = list(keys)
+        made = [self.make_and_validate_key(key, version=version) for key in keys]
+
+        async def get_many(client):
+            values = await client.mget(made)
+            loads = self._cache._serializer.loads
+            return {key: loads(value) for key, value in zip(keys, values) if value is not None}
+
+        get_many.sync = lambda: self.get_many(keys, version)
+        return await self._acall({}, get_many)
+
+    async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        made = self.make_and_validate_key(key, version=version)
+        seconds = self.get_backend_timeout(timeout)
+
+        async def set_(client):
+            data = self._cache._serializer.dumps(value)
+            if seconds == 0:
+                await client.delete(made)
+            else:
+                await client.set(made, data, ex=seconds)
+
+        set_.sync = lambda: self.set(key, value, timeout, version)
+        await self._acall(None, set_)
+
     def has_key(self, key, version=None):
         return self._call("has_key", False, False, key, version)
 
@@ -161,6 +233,12 @@ class SharedRedisCache(RedisCache):
 
     def clear(self):
         return self._call("clear", False, False)
+
+
+async def _in_thread(fn, *args):
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(fn, thread_sensitive=False)(*args)
 
 
 def strict(name: str, *args, backend=None, **kwargs):

@@ -75,17 +75,17 @@ class PreparedQuery:
             model = self._model = self._build(*self._sentinels).model
         return router.db_for_read(model)
 
-    def first(self, *args, using: str | None = None):
+    def _prepare(self, args, using: str | None) -> tuple[str, str, list, object]:
         alias = using or self._alias()
         compiled = self._compiled.get(alias)
         if compiled is None:
             with self._lock:
                 compiled = self._compiled.get(alias) or self._compiled.setdefault(alias, self._compile(alias))
         sql, slots, compiler = compiled
-        params = [args[index] if index is not None else constant for index, constant in slots]
-        with connections[alias].cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
+        return alias, sql, [args[index] if index is not None else constant for index, constant in slots], compiler
+
+    @staticmethod
+    def _instance(alias: str, compiler, row):
         if row is None:
             return None
         # As django.db.models.query.ModelIterable.__iter__ does it.
@@ -97,6 +97,21 @@ class PreparedQuery:
         for populator in get_related_populators(klass_info, select, alias):
             populator.populate(row, obj)
         return obj
+
+    def first(self, *args, using: str | None = None):
+        alias, sql, params, compiler = self._prepare(args, using)
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        return self._instance(alias, compiler, row)
+
+    async def afirst(self, *args):
+        """``first`` for the async execute family: the same SQL and row conversion, run by ``fruxon.adb``
+        (its pool, or Django's connection in ``thread`` mode). The default database only."""
+        from . import adb
+
+        alias, sql, params, compiler = self._prepare(args, DEFAULT_DB_ALIAS)
+        return self._instance(alias, compiler, await adb.fetchone(sql, params))
 
 
 # What PostgreSQL refuses in text and jsonb: NUL, and surrogates (only lone ones survive json.loads).

@@ -35,6 +35,7 @@ Redis primary (not a sharded cluster), as the budget ledger's do.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -42,6 +43,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -423,6 +425,24 @@ def async_limiter() -> AsyncRateLimiter | _NoRedis:
     return AsyncRateLimiter(url, **options) if url else _NoRedis()
 
 
+_loop_limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> (ident, limiter)
+
+
+def loop_limiter() -> AsyncRateLimiter | _NoRedis:
+    """The running event loop's async limiter (created on first use, as configured)."""
+    loop = asyncio.get_running_loop()
+    url, options = _options()
+    ident = (os.getpid(), url, tuple(sorted(options.items())))
+    found = _loop_limiters.get(loop)
+    if found is None or found[0] != ident:
+        created = async_limiter()
+        if isinstance(created, AsyncRateLimiter):
+            # One view of Redis per process and configuration: the sync limiter's breaker and outage log.
+            created.fail_open = limiter().fail_open
+        found = _loop_limiters[loop] = (ident, created)
+    return found[1]
+
+
 # --- what applies to a caller -------------------------------------------------------------------
 
 KINDS = {"requests": ("requests_per_minute", "r"), "executions": ("executions_per_minute", "x"),
@@ -450,6 +470,33 @@ def admit(kind: str, *, organization, api_key=None, cost: int = 1) -> Decision:
     if not limits:
         return ADMIT_ALL
     decision = limiter().check(limits, cost)
+    if not decision.allowed:
+        raise refusal(decision)
+    return decision
+
+
+async def acheck(limits: Sequence[Limit], cost: int = 1) -> Decision:
+    """The running loop's limiter's ``check`` (fail open, as the sync one)."""
+    limiter_ = loop_limiter()
+    if isinstance(limiter_, AsyncRateLimiter):
+        return await limiter_.check(limits, cost)
+    return limiter_.check(limits, cost)
+
+
+async def asettle(decision: Decision, actual: int) -> None:
+    limiter_ = loop_limiter()
+    if isinstance(limiter_, AsyncRateLimiter):
+        await limiter_.settle(decision, actual)
+    else:
+        limiter_.settle(decision, actual)
+
+
+async def aadmit(kind: str, *, organization, api_key=None, cost: int = 1) -> Decision:
+    """``admit`` on the event loop (the async execute family)."""
+    limits = limits_for(kind, organization=organization, api_key=api_key)
+    if not limits:
+        return ADMIT_ALL
+    decision = await acheck(limits, cost)
     if not decision.allowed:
         raise refusal(decision)
     return decision

@@ -511,3 +511,17 @@ FRUXON_RATELIMIT_LOG_INTERVAL_SECONDS = float(os.environ.get("FRUXON_RATELIMIT_L
 # Tests only (honoured only with FRUXON_TESTING): the limiter's clock is this Redis key's value (ms), so a test
 # drives the time of every server process at once.
 FRUXON_RATELIMIT_CLOCK_KEY = os.environ.get("FRUXON_RATELIMIT_CLOCK_KEY", "")
+
+# --- The async execute family (issue 13; DESIGN "The execute hot path") ---------------------------
+# Under the ASGI server, execute and its stream run on the event loop: no thread per execution.
+# FRUXON_MAX_IN_FLIGHT executions per server process at most (streams included); one more is answered
+# at once with 503 overloaded and Retry-After. The README runs 2 processes: 2,000 in flight per box.
+FRUXON_MAX_IN_FLIGHT = int(os.environ.get("FRUXON_MAX_IN_FLIGHT", "1000"))
+FRUXON_OVERLOAD_RETRY_AFTER = int(os.environ.get("FRUXON_OVERLOAD_RETRY_AFTER", "1"))
+# How the execute family reaches PostgreSQL (fruxon.adb): "pool" (psycopg's AsyncConnectionPool, the
+# default on PostgreSQL) or "thread" (Django's connection through a thread: SQLite, tests in a transaction).
+FRUXON_ASYNC_DB = os.environ.get("FRUXON_ASYNC_DB", "")
+FRUXON_ASYNC_DB_POOL_SIZE = int(os.environ.get("FRUXON_ASYNC_DB_POOL_SIZE", "16"))
+FRUXON_ASYNC_DB_POOL_TIMEOUT = float(os.environ.get("FRUXON_ASYNC_DB_POOL_TIMEOUT", "5"))
+# Threads per process for the sync ORM work an execute sometimes needs (secrets, sub-agents, conversations).
+FRUXON_ASYNC_DB_THREADS = int(os.environ.get("FRUXON_ASYNC_DB_THREADS", "8"))

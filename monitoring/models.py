@@ -13,7 +13,7 @@ from django.utils import timezone
 from fruxon.ids import conversation_id, run_id, span_id
 from orgs.models import ApiKey, TenantModel
 
-RUN_STATUSES = ["ok", "error", "budget_exceeded", "timeout", "max_tool_calls"]
+RUN_STATUSES = ["ok", "error", "budget_exceeded", "timeout", "max_tool_calls", "cancelled"]
 RUN_SOURCES = ["api", "canary", "shadow", "evaluation", "studio"]
 SPAN_KINDS = ["step", "llm", "tool", "subAgent"]
 COST = dict(max_digits=18, decimal_places=8, default=Decimal("0"))

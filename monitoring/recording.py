@@ -6,7 +6,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -94,9 +94,8 @@ def _write_runs_and_spans(runs: list[Run], spans: list[Span]) -> None:
     """
     using = router.db_for_write(Run)
     connection = connections[using]
-    run_json = json_records(runs, connection) if connection.vendor == "postgresql" else None
-    spans_json = json_records(spans, connection) if spans and run_json is not None else "[]"
-    if run_json is None or spans_json is None:
+    prepared = _statement(runs, spans, connection, autocommit=not connection.in_atomic_block)
+    if prepared is None:
         # SQLite (the demo) has no data-modifying CTEs, and a value of a type not
         # handled above takes the ORM's way: two statements in a transaction.
         with transaction.atomic(using=using):
@@ -104,24 +103,40 @@ def _write_runs_and_spans(runs: list[Run], spans: list[Span]) -> None:
                 run.save(force_insert=True, using=using)
             Span.objects.using(using).bulk_create(spans)
         return
-    quote = connection.ops.quote_name
-    run_table, span_table = quote(Run._meta.db_table), quote(Span._meta.db_table)
-    statement = (f"WITH run_row AS (INSERT INTO {run_table} SELECT * FROM jsonb_populate_recordset(NULL::{run_table}, %s)) "
-                 f"INSERT INTO {span_table} SELECT * FROM jsonb_populate_recordset(NULL::{span_table}, %s)")
-    if not connection.in_atomic_block and may_commit_asynchronously(connection):
-        # Sent together (one round trip, simple query protocol) the two statements form one
-        # implicit transaction: SET LOCAL applies to this commit only, and a failure
-        # rolls both back, leaving the connection idle.
-        statement = "SET LOCAL synchronous_commit TO OFF; " + statement
     with connection.cursor() as cursor:
-        cursor.execute(statement, [run_json, spans_json])
+        cursor.execute(*prepared)
+    _saved(runs, spans, using)
+
+
+def _saved(runs: list[Run], spans: list[Span], using: str) -> None:
     for obj in (*runs, *spans):
         obj._state.adding, obj._state.db = False, using
 
 
+def _statement(runs: list[Run], spans: list[Span], connection, *, autocommit: bool) -> tuple[str, list] | None:
+    """The one statement writing ``runs`` and ``spans`` (see ``_write_runs_and_spans``) and its two
+    parameters, or None where the ORM's way is needed (not PostgreSQL, or a value of a type not
+    handled by ``json_records``). ``autocommit``: the statement is its own transaction."""
+    run_json = json_records(runs, connection) if connection.vendor == "postgresql" else None
+    spans_json = json_records(spans, connection) if spans and run_json is not None else "[]"
+    if run_json is None or spans_json is None:
+        return None
+    quote = connection.ops.quote_name
+    run_table, span_table = quote(Run._meta.db_table), quote(Span._meta.db_table)
+    statement = (f"WITH run_row AS (INSERT INTO {run_table} SELECT * FROM jsonb_populate_recordset(NULL::{run_table}, %s)) "
+                 f"INSERT INTO {span_table} SELECT * FROM jsonb_populate_recordset(NULL::{span_table}, %s)")
+    if autocommit and may_commit_asynchronously(connection):
+        # Sent together (one round trip, simple query protocol) the two statements form one
+        # implicit transaction: SET LOCAL applies to this commit only, and a failure
+        # rolls both back, leaving the connection idle.
+        statement = "SET LOCAL synchronous_commit TO OFF; " + statement
+    return statement, [run_json, spans_json]
+
+
 def _build(*, organization_id: int, agent_id: int, revision_id: str, result: RunResult, source: str,
-           input: dict, api_key_id: int | None = None) -> tuple[Run, list[Span]]:
+           input: dict, api_key_id: int | None = None, run_id: str | None = None) -> tuple[Run, list[Span]]:
     run = Run(
+        **({"id": run_id} if run_id else {}),
         organization_id=organization_id, agent_id=agent_id, revision_id=revision_id,
         source=source, status=result.status, input=input,
         output=result.output, error=result.error,
@@ -146,15 +161,16 @@ def _build(*, organization_id: int, agent_id: int, revision_id: str, result: Run
 
 
 def record_run(*, organization_id: int, agent_id: int, revision_id: str, result: RunResult, source: str,
-               input: dict, api_key_id: int | None = None, conversation_key: str | None = None) -> Run:
+               input: dict, api_key_id: int | None = None, conversation_key: str | None = None,
+               run_id: str | None = None) -> Run:
     """Write the run, its conversation turn and its spans atomically: all or nothing.
 
     Without a conversation (the execute hot path) that is one statement and no
     explicit transaction; a conversation turn adds a row lock, so that case
-    runs in a transaction.
+    runs in a transaction. ``run_id``: the id already announced (a stream's ``run.started``).
     """
     run, spans = _build(organization_id=organization_id, agent_id=agent_id, revision_id=revision_id, result=result,
-                        source=source, input=input, api_key_id=api_key_id)
+                        source=source, input=input, api_key_id=api_key_id, run_id=run_id)
     if conversation_key is None:
         _write_run_and_spans(run, spans)
     else:
@@ -164,6 +180,32 @@ def record_run(*, organization_id: int, agent_id: int, revision_id: str, result:
             _write_run_and_spans(run, spans)
     observability.run_recorded(run, result)  # metrics and OTLP export, once committed
     return run
+
+
+async def arecord_run(*, organization_id: int, agent_id: int, revision_id: str, result: RunResult, source: str,
+                      input: dict, api_key_id: int | None = None, conversation_key: str | None = None,
+                      run_id: str | None = None) -> Run:
+    """``record_run`` for the async execute family, with the same contract.
+
+    Without a conversation, on ``fruxon.adb``'s pool: the same one statement, awaited on the
+    loop. Otherwise (a conversation's row lock needs a transaction, SQLite, ``thread`` mode)
+    ``record_run`` itself, through ``fruxon.adb.run``.
+    """
+    from fruxon import adb
+
+    using = router.db_for_write(Run)
+    if conversation_key is None and using == DEFAULT_DB_ALIAS and adb.mode() == "pool":
+        run, spans = _build(organization_id=organization_id, agent_id=agent_id, revision_id=revision_id,
+                            result=result, source=source, input=input, api_key_id=api_key_id, run_id=run_id)
+        prepared = _statement([run], spans, connections[using], autocommit=True)
+        if prepared is not None:
+            await adb.execute(*prepared)
+            _saved([run], spans, using)
+            observability.run_recorded(run, result)
+            return run
+    return await adb.run(record_run, organization_id=organization_id, agent_id=agent_id, revision_id=revision_id,
+                         result=result, source=source, input=input, api_key_id=api_key_id,
+                         conversation_key=conversation_key, run_id=run_id)
 
 
 def record_runs(*, organization_id: int, agent_id: int, revision_id: str, source: str,

@@ -1,4 +1,5 @@
-"""Start the app as production does (gunicorn gthread) against the test database."""
+"""Start the app as production does (the README's command: gunicorn managing uvicorn workers, ASGI)
+against the test database. ``kind="gthread"`` starts the former WSGI command, for comparisons."""
 from __future__ import annotations
 
 import contextlib
@@ -32,15 +33,20 @@ def database_url() -> str:
 
 
 @contextmanager
-def gunicorn(workers: int = 2, threads: int = 16, extra_env: dict | None = None):
-    """Yield the base URL of a gunicorn server on the current test database (data must be committed)."""
+def gunicorn(workers: int = 2, threads: int = 16, extra_env: dict | None = None, kind: str = "asgi"):
+    """Yield the base URL of a server on the current test database (data must be committed)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL"}}
     env |= {"DATABASE_URL": database_url(), "FRUXON_TESTING": "1", "DEBUG": "0", **(extra_env or {})}
+    if kind == "asgi":
+        command = ["fruxon.asgi:application", "-k", "uvicorn_worker.UvicornWorker", "--workers", str(workers)]
+    else:
+        command = ["fruxon.wsgi", "-k", "gthread", "--workers", str(workers), "--threads", str(threads)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "fruxon.wsgi", "-k", "gthread", "--workers", str(workers),
-         "--threads", str(threads), "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "gunicorn", *command, "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+        cwd=ROOT, env=env, stderr=subprocess.STDOUT, text=True,
+        # FRUXON_TEST_SERVER_LOG=path keeps the server's log (to see why a live test failed).
+        stdout=open(os.environ["FRUXON_TEST_SERVER_LOG"], "a") if os.environ.get("FRUXON_TEST_SERVER_LOG") else subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     try:

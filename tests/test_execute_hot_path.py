@@ -142,6 +142,10 @@ def test_prepared_key_lookup_builds_what_the_orm_builds(org):
     {"input": {"question": "q"}, "conversationId": 5},
     {"input": None},
     {"input": {"question": "q"}, "colour": "red"},
+    {"input": {"question": "q"}, "stream": True},
+    {"input": {"question": "q"}, "stream": False, "conversationId": "c-1"},
+    {"input": {"question": "q"}, "stream": "yes"},
+    {"input": {"question": "q"}, "stream": None},
     {},
     [],
     "text",
@@ -150,7 +154,7 @@ def test_execute_request_fast_path_agrees_with_the_serializer(body):
     from rest_framework.exceptions import ValidationError
 
     from agents.api import serializers as s
-    from agents.api.views import _execute_request
+    from agents.api.views import execute_request
     from fruxon.api.serializers import validated
     from fruxon.errors import InvalidRequest
 
@@ -160,7 +164,7 @@ def test_execute_request_fast_path_agrees_with_the_serializer(body):
         except (ValidationError, InvalidRequest) as exc:
             return "error", str(getattr(exc, "detail", exc))
 
-    assert outcome(lambda: _execute_request(body)) == outcome(lambda: validated(s.ExecuteRequest, body))
+    assert outcome(lambda: execute_request(body)) == outcome(lambda: validated(s.ExecuteRequest, body))
 
 
 def test_overhead_header_under_asgi_too():

@@ -338,7 +338,7 @@ def seeded(fleet) -> tuple[list[Run], dt.datetime]:
         tokens = rng.randint(0, 4000)
         rows.append(fleet.run(
             rng.choice(revisions), at=base + dt.timedelta(microseconds=rng.randrange(3 * 3600 * 10**6)),
-            status=rng.choices(RUN_STATUSES, weights=[70, 12, 6, 6, 6])[0], source=rng.choice(RUN_SOURCES),
+            status=rng.choices(RUN_STATUSES, weights=[70, 12, 6, 6, 6, 3])[0], source=rng.choice(RUN_SOURCES),
             latency_ms=rng.choice([rng.randint(20, 9000), 250, 1200]),  # repeated values make ties
             input_tokens=tokens, cached_input_tokens=rng.randint(0, tokens), output_tokens=rng.randint(0, 2000),
             reasoning_tokens=rng.choice([0, rng.randint(0, 800)]),

@@ -123,6 +123,11 @@ class ExecuteRequest(StrictSerializer):
                                        help_text="pin a revision of this agent (canary by caller)")
     conversationId = serializers.CharField(max_length=64, required=False, allow_null=True,
                                            help_text="continue (or start) this conversation")
+    stream = serializers.BooleanField(
+        required=False, default=False,
+        help_text="answer with server-sent events (text/event-stream) as the run goes; so does "
+                  "'Accept: text/event-stream'. Events: run.started, step.started, output.delta, tool.call, "
+                  "tool.result, step.completed, then run.completed (data: the JSON answer) or run.failed")
 
 
 class Usage(serializers.Serializer):

@@ -5,34 +5,23 @@ grants) and access checks happen in the base class before any handler runs.
 """
 from __future__ import annotations
 
-import time
-
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
 from fruxon.api.base import Access, OrgScopedAPIView, OrgScopedViewSet
-from fruxon.api.errors import error_body
 from fruxon.api.serializers import validated
-from fruxon.errors import Conflict, InvalidRequest
-from deployments import shadow
-from django.utils import timezone
-
-from monitoring import observability, pricing
-from monitoring.ledger.base import period_bounds
+from fruxon.errors import Conflict
+from monitoring import pricing
 from orgs.actor import Actor
 from orgs.roles import ADMIN, EDITOR, OWNER, VIEWER
 
-from .. import execution, grants, services
+from .. import grants, services
 from ..diff import diff_specs
 from ..models import Agent, Revision
 from ..scoping import EXECUTE_ROLE, EXECUTE_SCOPE
 from . import serializers as s
-
-# Non-ok runs answer with the error shape; the status says whose fault it was.
-RUN_ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "timeout": 504, "budget_exceeded": 429,
-                    "ledger_unavailable": 503, "rate_limited": 429}
-RUN_FAILED_STATUS = 422
 
 
 def _actor(request) -> Actor:
@@ -174,12 +163,13 @@ class GrantViewSet(OrgScopedViewSet):
 _EXECUTE_LIMITS = {"revisionId": 20, "conversationId": 64}
 
 
-def _execute_request(data) -> dict:
-    """``ExecuteRequest``'s validated data. The common body (an object with ``input``
-    and plain optional ids) is accepted here directly, since the serializer costs a
-    tenth of a fast execute; anything else goes through the serializer, which
-    produces the exact answer, errors included."""
-    if isinstance(data, dict) and data.keys() <= {"input", *_EXECUTE_LIMITS} and data.get("input", {}) is not None:
+def execute_request(data) -> dict:
+    """``ExecuteRequest``'s validated data. The common body (an object with ``input``,
+    plain optional ids and a boolean ``stream``) is accepted here directly, since the
+    serializer costs a tenth of a fast execute; anything else goes through the
+    serializer, which produces the exact answer, errors included."""
+    if (isinstance(data, dict) and data.keys() <= {"input", "stream", *_EXECUTE_LIMITS}
+            and data.get("input", {}) is not None and isinstance(data.get("stream", False), bool)):
         plain = all(
             data.get(name) is None
             or (isinstance(data[name], str) and data[name].isascii() and data[name].isprintable()
@@ -187,16 +177,43 @@ def _execute_request(data) -> dict:
             for name, limit in _EXECUTE_LIMITS.items()
         )
         if plain:
-            return {"input": data.get("input", {}), **{name: data[name] for name in _EXECUTE_LIMITS if name in data}}
+            return {"input": data.get("input", {}), "stream": data.get("stream", False),
+                    **{name: data[name] for name in _EXECUTE_LIMITS if name in data}}
     return validated(s.ExecuteRequest, data)
 
 
+class EventStreamRenderer(BaseRenderer):
+    """``text/event-stream``: what an execute answers when asked to stream (``agents.api.execute``
+    writes the events itself; listed here so content negotiation and the schema know the type)."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return data
+
+
 class ExecuteView(OrgScopedAPIView):
-    """Run the agent: on its deployed revision, or on a pinned ``revisionId`` (canary)."""
+    """Run the agent: on its deployed revision, or on a pinned ``revisionId`` (canary).
+
+    The endpoint's declaration (access map, OpenAPI schema, the DRF base's checks for people):
+    requests are served by the async view ``agents.api.execute.execute``, which ``as_view``
+    returns, on the event loop under the ASGI server.
+    """
 
     access = {"POST": Access(EXECUTE_ROLE, EXECUTE_SCOPE)}
     # The deployed revision comes with the agent (one query): the run resolves it from that row.
     agent_select_related = ("deployed_revision",)
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    @classmethod
+    def as_view(cls, **initkwargs):
+        from .execute import execute
+
+        # What DRF's as_view sets, so the schema generator and the route sweeps find this class.
+        execute.cls, execute.initkwargs = cls, initkwargs
+        return execute
 
     @extend_schema(
         request=s.ExecuteRequest,
@@ -208,7 +225,9 @@ class ExecuteView(OrgScopedAPIView):
                              description="the recorded run's id"),
         ],
         responses={
-            200: OpenApiResponse(s.ExecuteResponse, description="the run finished with status ok"),
+            200: OpenApiResponse(s.ExecuteResponse, description="the run finished with status ok; with stream: "
+                                 "text/event-stream (run.started ... run.completed whose data is this body, "
+                                 "or run.failed {runId, error})"),
             400: OpenApiResponse(description="invalid input (details name each input)"),
             404: OpenApiResponse(description="unknown agent, or revisionId not a revision of this agent"),
             409: OpenApiResponse(description="not_deployed: nothing deployed and no revisionId"),
@@ -223,7 +242,10 @@ class ExecuteView(OrgScopedAPIView):
                                              "recorded, stopped before that call); Retry-After and RateLimit-* say "
                                              "when it would pass"),
             503: OpenApiResponse(description="ledger_unavailable: the budget ledger cannot be reached, so the run "
-                                             "is refused (fail closed) and the refusal recorded"),
+                                             "is refused (fail closed) and the refusal recorded. overloaded: this "
+                                             "server process holds its maximum of executions in flight "
+                                             "(FRUXON_MAX_IN_FLIGHT); nothing was run, Retry-After says when to "
+                                             "retry. database_unavailable: PostgreSQL cannot be reached"),
             502: OpenApiResponse(description="provider_error; the run is recorded (details.runId)"),
             504: OpenApiResponse(description="provider_timeout or timeout; the run is recorded"),
         },
@@ -231,45 +253,8 @@ class ExecuteView(OrgScopedAPIView):
                     "and, once a run is recorded, X-Fruxon-Run-Id.",
     )
     def post(self, request, tenant, agent):
-        started = getattr(request._request, "fruxon_started", None) or time.monotonic()
-        data = _execute_request(request.data)
-        outcome = execution.execute(
-            agent=self.agent, input=data["input"], revision_id=data.get("revisionId"),
-            conversation_key=data.get("conversationId"), api_key_id=getattr(self.api_key, "pk", None), started=started,
-            rate_limited_for=(self.organization, self.api_key),
-        )
-        run, result = outcome.run, outcome.result
-        self.note_rate_limit(outcome.rate_decision)
-        shadow.maybe_enqueue(agent=self.agent, run=run)
-        body = {
-            "runId": run.id, "revisionId": run.revision_id, "status": run.status, "source": run.source,
-            "output": run.output,
-            "usage": {"inputTokens": run.input_tokens, "cachedInputTokens": run.cached_input_tokens,
-                      "outputTokens": run.output_tokens, "reasoningTokens": run.reasoning_tokens,
-                      "costUsd": format(run.cost_usd, "f")},
-            "latencyMs": run.latency_ms,
-            "conversationId": data.get("conversationId"),
-        }
-        if result.ok:
-            response = Response(body)
-        else:
-            code = result.error["code"] if result.error else run.status
-            response = Response(
-                error_body(code, result.error["message"] if result.error else run.status, body),
-                status=RUN_ERROR_STATUS.get(code, RUN_ERROR_STATUS.get(run.status, RUN_FAILED_STATUS)),
-            )
-            if code == "budget_exceeded" and getattr(self.agent, "budget", None) is not None:
-                # Retry when the budget period resets.
-                _, resets = period_bounds(self.agent.budget.period, timezone.now())
-                response["Retry-After"] = str(max(1, int((resets - timezone.now()).total_seconds())))
-            if code == "rate_limited" and outcome.rate_refusal is not None:  # tokens per minute stopped the run
-                for name, value in outcome.rate_refusal.headers().items():
-                    response[name] = value
-        overhead = (time.monotonic() - started) * 1000.0 - result.provider_ms
-        response["X-Fruxon-Overhead-Ms"] = f"{max(overhead, 0.0):.2f}"
-        response["X-Fruxon-Run-Id"] = run.id
-        observability.execute_overhead(organization=self.organization, agent=self.agent, seconds=overhead / 1000.0)
-        return response
+        """Never called: ``as_view`` routes requests to ``agents.api.execute.execute``."""
+        raise NotImplementedError("served by agents.api.execute.execute")
 
 
 class PricesView(OrgScopedAPIView):

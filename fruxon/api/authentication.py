@@ -70,6 +70,46 @@ def lookup_api_key(digest: str) -> ApiKey | None:
     return key
 
 
+_key_by_hash = None
+
+
+async def alookup_api_key(digest: str) -> ApiKey | None:
+    """``lookup_api_key`` for the async execute family: the cache over redis.asyncio, else one
+    statement through ``fruxon.adb``; same answers, same caching."""
+    global _key_by_hash
+    key = await cache.aget(key_cache_key(digest))
+    if key is None:
+        if _key_by_hash is None:
+            from fruxon.db import PreparedQuery
+
+            _key_by_hash = PreparedQuery(lambda digest: ApiKey.objects.filter(key_hash=digest).order_by()[:1],
+                                         sentinels=("\x00digest-sentinel",))
+        key = await _key_by_hash.afirst(digest)
+        if key is not None:
+            await cache.aset(key_cache_key(digest), key, settings.FRUXON_KEY_CACHE_SECONDS)
+    return key
+
+
+def raw_api_key(request) -> str | None:
+    """The API key the request presents (``X-API-KEY`` or a bearer ``fx_live_...``), or None."""
+    raw = request.META.get("HTTP_X_API_KEY") or _bearer(request)
+    return raw if raw and raw.startswith(API_KEY_PREFIX) else None
+
+
+def refuse_inactive(key: ApiKey | None, now) -> ApiKey:
+    """``key``, or the 401 for an unknown, revoked or expired one."""
+    if key is None:
+        raise exceptions.AuthenticationFailed("Invalid API key.")
+    if not key.is_active(now):
+        raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
+    return key
+
+
+def key_use_is_stale(key: ApiKey, now) -> bool:
+    """Whether ``note_key_used`` would write (so an async caller can skip the thread hop)."""
+    return key.last_used_at is None or now - key.last_used_at > LAST_USED_GRANULARITY
+
+
 # Claims of the last_used_at write while the shared cache is unreachable: per process (so at most one
 # write a minute per key and process), never a reason to refuse or to write on every request.
 _local_claims = LocMemCache("fruxon-key-used", {"TIMEOUT": 60, "OPTIONS": {"MAX_ENTRIES": 10_000}})
@@ -77,7 +117,7 @@ _local_claims = LocMemCache("fruxon-key-used", {"TIMEOUT": 60, "OPTIONS": {"MAX_
 
 def note_key_used(key: ApiKey, now) -> None:
     """Record ``last_used_at``, at most once a minute per key (the hot path stays read-only)."""
-    if key.last_used_at is not None and now - key.last_used_at <= LAST_USED_GRANULARITY:
+    if not key_use_is_stale(key, now):
         return
     # The cache.add claim keeps the requests (and processes) that see the stale value at the
     # same moment from all writing, and queueing, on the key's row lock.
@@ -105,15 +145,11 @@ def _bearer(request) -> str | None:
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request):
-        raw = request.META.get("HTTP_X_API_KEY") or _bearer(request)
-        if not raw or not raw.startswith(API_KEY_PREFIX):
+        raw = raw_api_key(request)
+        if raw is None:
             return None
-        key = lookup_api_key(hash_credential(raw))
-        if key is None:
-            raise exceptions.AuthenticationFailed("Invalid API key.")
         now = timezone.now()
-        if not key.is_active(now):
-            raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
+        key = refuse_inactive(lookup_api_key(hash_credential(raw)), now)
         note_key_used(key, now)
         return ApiKeyUser(api_key=key), key
 

@@ -52,6 +52,23 @@ class Access:
     scope: str | None
 
 
+def access_refusal(access: Access, *, api_key: ApiKey | None, role: str | None) -> Forbidden | None:
+    """Why a caller fails ``access`` (the 403 to raise), or None when it passes: an API key needs the
+    scope, a person the role (after per-agent grants). The one rule for the DRF views and the async
+    execute family (``agents.api.execute``)."""
+    if api_key is not None:
+        if access.scope is None:
+            return Forbidden("This endpoint is for people; API keys cannot call it.")
+        if access.scope not in api_key.scopes:
+            return Forbidden(f"This API key lacks the '{access.scope}' scope.",
+                             details={"requiredScope": access.scope})
+        return None
+    if not role_at_least(role, access.role):
+        return Forbidden(f"This needs the {access.role} role; you are {role}.",
+                         details={"requiredRole": access.role, "role": role})
+    return None
+
+
 def _refuse_overrides(cls, base_names: set[str]) -> None:
     if cls.__name__ in base_names:
         return
@@ -96,7 +113,9 @@ class _TenantScoped:
         super().initial(request, *args, **kwargs)  # authentication -> 401, throttles
         self.api_key = request.auth if isinstance(request.auth, ApiKey) else None
         if self.agent_url_kwarg in kwargs and self.api_key is not None:
-            from agents.scoping import resolve_tenant_and_agent_for_key  # agents app builds on orgs
+            from agents.scoping import (
+                resolve_tenant_and_agent_for_key,  # agents app builds on orgs
+            )
 
             # The execute hot path: the key's org and the agent in one query, same 404/403 answers.
             self.organization, self.agent = resolve_tenant_and_agent_for_key(
@@ -108,7 +127,9 @@ class _TenantScoped:
             tenant = resolve_tenant(slug=kwargs["tenant"], user=request.user, api_key=self.api_key)
             self.organization, self.role = tenant.organization, tenant.role
             if self.agent_url_kwarg in kwargs:
-                from agents.scoping import resolve_agent_for  # agents app builds on orgs
+                from agents.scoping import (
+                    resolve_agent_for,  # agents app builds on orgs
+                )
 
                 self.agent, self.role = resolve_agent_for(
                     organization=self.organization,
@@ -186,18 +207,7 @@ class _TenantScoped:
             raise exceptions.MethodNotAllowed(method) from None
 
     def _access_refusal(self, access: Access) -> Forbidden | None:
-        """Why the caller fails ``access`` (the 403 to raise), or None when it passes."""
-        if self.api_key is not None:
-            if access.scope is None:
-                return Forbidden("This endpoint is for people; API keys cannot call it.")
-            if access.scope not in self.api_key.scopes:
-                return Forbidden(f"This API key lacks the '{access.scope}' scope.",
-                                 details={"requiredScope": access.scope})
-            return None
-        if not role_at_least(self.role, access.role):
-            return Forbidden(f"This needs the {access.role} role; you are {self.role}.",
-                             details={"requiredRole": access.role, "role": self.role})
-        return None
+        return access_refusal(access, api_key=self.api_key, role=self.role)
 
     def _check_access(self, request) -> None:
         refusal = self._access_refusal(self.access_for_method(request.method))

@@ -40,7 +40,14 @@ from functools import lru_cache
 
 from django.conf import settings
 
-from .base import BudgetState, Ledger, LedgerUnavailable, Reservation, from_units, to_units
+from .base import (
+    BudgetState,
+    Ledger,
+    LedgerUnavailable,
+    Reservation,
+    from_units,
+    to_units,
+)
 
 __all__ = ["BudgetState", "Ledger", "LedgerUnavailable", "Reservation", "from_units", "ledger", "to_units"]
 
@@ -59,3 +66,42 @@ def _make(kind: str, url: str) -> Ledger:
 def ledger() -> Ledger:
     kind = getattr(settings, "FRUXON_LEDGER", "") or ("redis" if settings.REDIS_URL else "database")
     return _make(kind, settings.FRUXON_LEDGER_REDIS_URL or settings.REDIS_URL)
+
+
+_async_ledgers: dict = {}
+
+
+def async_ledger():
+    """The ledger for the async execute family, on the running event loop: ``reserve`` and ``settle``
+    as coroutines with ``ledger()``'s contract. Redis: its scripts over redis.asyncio. The database
+    ledger: its own calls, through ``fruxon.adb.run`` (a thread; the loop never blocks)."""
+    import asyncio
+    import os
+    import weakref
+
+    sync = ledger()
+    from .redis_ledger import AsyncRedisLedger, RedisLedger
+
+    if not isinstance(sync, RedisLedger):
+        return _ThreadedLedger(sync)
+    loop = asyncio.get_running_loop()
+    per_loop = _async_ledgers.setdefault(id(sync), weakref.WeakKeyDictionary())
+    found = per_loop.get(loop)
+    if found is None or found[0] != os.getpid():
+        found = per_loop[loop] = (os.getpid(), AsyncRedisLedger(sync))
+    return found[1]
+
+
+class _ThreadedLedger:
+    def __init__(self, sync: Ledger):
+        self.sync = sync
+
+    async def reserve(self, state: BudgetState, units: int) -> Reservation | None:
+        from fruxon import adb
+
+        return await adb.run(self.sync.reserve, state, units)
+
+    async def settle(self, reservation: Reservation, actual_units: int) -> int:
+        from fruxon import adb
+
+        return await adb.run(self.sync.settle, reservation, actual_units)

@@ -168,10 +168,15 @@ class RedisLedger:
             raise self._unavailable(exc) from exc
         self.breaker.success()
 
-    def reserve(self, state: BudgetState, units: int) -> Reservation | None:
+    @staticmethod
+    def reserve_args(state: BudgetState, units: int) -> tuple[str, list]:
+        """A new reservation's id and the RESERVE script's arguments."""
         rid = uuid.uuid4().hex
         member = f"{state.key}|{rid}"
-        args = [units, state.cap_units, "1" if state.enforce else "0", rid, time.time(), _expire_at(state), member]
+        return rid, [units, state.cap_units, "1" if state.enforce else "0", rid, time.time(), _expire_at(state), member]
+
+    def reserve(self, state: BudgetState, units: int) -> Reservation | None:
+        rid, args = self.reserve_args(state, units)
         self._admit()
         try:
             for _ in range(2):
@@ -222,3 +227,49 @@ class RedisLedger:
             base = f"{{fx:ledger:{key}}}"
             released += int(self._release(keys=[f"{base}:totals", f"{base}:res", OPEN], args=[rid, member]))
         return released
+
+
+class AsyncRedisLedger:
+    """``RedisLedger``'s reserve and settle over redis.asyncio, for the async execute family.
+
+    The same scripts, keys, breaker and answers as the sync ledger it is built on (``sync``);
+    one per event loop (its connections belong to that loop). Seeding an unseeded period
+    reads the database, so it runs the sync ledger's ``_seed`` through ``fruxon.adb.run``.
+    """
+
+    def __init__(self, sync: RedisLedger):
+        import redis.asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.sync = sync
+        kwargs = sync.client.connection_pool.connection_kwargs
+        self.client = redis.asyncio.Redis(
+            host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379), db=kwargs.get("db", 0),
+            username=kwargs.get("username"), password=kwargs.get("password"),
+            socket_timeout=kwargs.get("socket_timeout"), socket_connect_timeout=kwargs.get("socket_connect_timeout"),
+            retry=Retry(NoBackoff(), 1), health_check_interval=30,
+        )
+        self._reserve = self.client.register_script(RESERVE)
+        self._settle = self.client.register_script(SETTLE)
+
+    async def reserve(self, state: BudgetState, units: int) -> Reservation | None:
+        from fruxon import adb
+
+        rid, args = self.sync.reserve_args(state, units)
+        self.sync._admit()
+        try:
+            for _ in range(2):
+                answer = await self._reserve(keys=list(_keys(state)), args=args)
+                if answer != -1:
+                    self.sync.breaker.success()
+                    return Reservation(rid, state, units) if answer == 1 else None
+                await adb.run(self.sync._seed, state)
+            raise LedgerUnavailable("the Redis ledger could not be seeded")
+        except redis.RedisError as exc:
+            raise self.sync._unavailable(exc) from exc
+
+    async def settle(self, reservation: Reservation, actual_units: int) -> int:
+        member = f"{reservation.state.key}|{reservation.id}"
+        return int(await self._settle(keys=list(_keys(reservation.state)),
+                                      args=[reservation.id, actual_units, member]))
