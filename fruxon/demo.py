@@ -100,7 +100,9 @@ SUPPORT_V1 = {
     "inputs": {"customer": {"type": "string", "required": True}, "question": {"type": "string", "required": True}},
     "steps": [{
         "name": "answer",
+        # The reply comes in 8 pieces, 25 ms apart, as a model's would: streamed (``"stream": true``) as they come.
         "model": {"provider": "fruxon-local", "name": "support-local", "maxTokens": 256, "latencyMs": 20,
+                  "chunks": 8, "chunkDelayMs": 25,
                   "script": [{"reply": "Hi {{input.customer}}, thanks for asking about: {{input.question}}. "
                                        "Your order ships within 2 days."}]},
         "systemPrompt": "You are a friendly support agent for {{input.customer}}.",

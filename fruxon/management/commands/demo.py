@@ -38,4 +38,10 @@ class Command(BaseCommand):
                 from fruxon import ticker
 
                 ticker.start()  # scheduled rollouts and auto-rollback without a beat process
-            call_command("runserver", addrport, use_reloader=False, insecure_serving=not settings.DEBUG)
+            # The ASGI application, as in production (fruxon.asgi): streamed executes arrive as they run.
+            import uvicorn
+
+            from fruxon.asgi import application
+
+            host, _, port = addrport.rpartition(":")
+            uvicorn.run(application, host=host or "127.0.0.1", port=int(port), lifespan="off", log_level="info")
