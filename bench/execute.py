@@ -75,6 +75,7 @@ TARGETS = {"p50": 3.0, "p99": 10.0, "eps": 300.0, "inflight": 400, "burst": 400,
 PHASES = ("stub", "seq", "budget", "throughput", "inflight", "burst", "inflight5", "stream", "memory")
 ALIASES = {"ramp": "inflight"}  # the phase's earlier name
 RUN_OK = re.compile(rb'"status":\s*"ok"')
+ERROR_CODE = re.compile(rb'"code":\s*"([A-Za-z0-9_.-]{1,40})"')
 STUB_OK = re.compile(rb'"object":\s*"chat\.completion"')
 
 
@@ -664,8 +665,9 @@ def _row(started: float, status: int, headers: dict, body: bytes, first: float |
     ended = time.monotonic()
     overhead = headers.get(b"x-fruxon-overhead-ms")
     error = ""
-    if status != 200:
-        ok, error = False, f"HTTP {status}"
+    if status != 200:  # the API's error code says which 503 it is (overloaded, database unavailable...)
+        code = ERROR_CODE.search(body)
+        ok, error = False, f"HTTP {status}" + (f" {code.group(1).decode()}" if code else "")
     elif not stream:
         ok = ok_marker.search(body) is not None
         error = "" if ok else "HTTP 200, run not ok"
@@ -792,7 +794,7 @@ class LoadResult:
 
     @property
     def n503(self) -> int:
-        return self.errors.get("HTTP 503", 0)
+        return sum(count for label, count in self.errors.items() if label.startswith("HTTP 503"))
 
 
 def run_load(*, request: bytes, port: int, clients: int, procs: int, warmup: float, seconds: float,
@@ -1161,7 +1163,13 @@ def sample_line(result: LoadResult) -> str:
         return ""
     held = pct([s["stub"] for s in result.samples], 0.5)
     rss = max(s["rss_kb"] for s in result.samples)
-    return f"at the stub: {held:.0f} in flight (median of {len(result.samples)} samples); workers' RSS max {rss / 1024:.0f} MB"
+    line = (f"at the stub: {held:.0f} in flight (median of {len(result.samples)} samples); "
+            f"workers' RSS max {rss / 1024:.0f} MB")
+    pg = [s["pg"] for s in result.samples if s.get("pg")]
+    if pg:
+        line += (f"; PostgreSQL connections max {max(row[0] for row in pg)} of {pg[0][2]} "
+                 f"({max(row[1] for row in pg)} to the bench database)")
+    return line
 
 
 class Bench:
@@ -1193,7 +1201,23 @@ class Bench:
             time.sleep(0.25)
 
     def sample(self) -> dict:
-        return {"rss_kb": workers_rss_kb(self.proc.pid), "stub": self.stub.stats()["inflight"]}
+        return {"rss_kb": workers_rss_kb(self.proc.pid), "stub": self.stub.stats()["inflight"],
+                "pg": self.pg_connections()}
+
+    def pg_connections(self) -> tuple[int, int, int] | None:
+        """(connections to the whole PostgreSQL server, to the bench database, max_connections): the
+        server is shared, and a pool that cannot connect answers 503."""
+        import psycopg
+
+        try:
+            if getattr(self, "_pg", None) is None:
+                self._pg = psycopg.connect(self.db_url, autocommit=True)
+            return self._pg.execute("SELECT count(*), count(*) FILTER (WHERE datname = current_database()), "
+                                    "current_setting('max_connections')::int FROM pg_stat_activity "
+                                    "WHERE backend_type = 'client backend'").fetchone()
+        except psycopg.Error:
+            self._pg = None
+            return None
 
     def load(self, agent: str, clients: int, *, seconds: float, warmup: float | None = None, stream: bool = False,
              timeout: float = 30.0, late_after: float | None = None, burst: bool = False, sampler=None,
@@ -1374,7 +1398,8 @@ class Bench:
         per = (peak - self.idle_kb) / held
         log(f"memory: workers' RSS idle {self.idle_kb / 1024:.1f} MB, at load max {peak / 1024:.1f} MB with "
             f"{held:.0f} executions in flight at the stub (median of {len(samples)} samples): "
-            f"({peak / 1024:.1f} - {self.idle_kb / 1024:.1f}) MB / {held:.0f} = {per:.1f} KB per execution in flight")
+            f"({peak / 1024:.1f} - {self.idle_kb / 1024:.1f}) MB / {held:.0f} = {per:.1f} KB per execution in flight "
+            f"({(peak - self.idle_kb) / args.memory_level:.1f} KB per client of {args.memory_level})")
         self.figures.append(Figure(f"memory per execution in flight ({held:.0f} at {args.latency5_ms / 1000:g} s; "
                                    f"RSS {self.idle_kb / 1024:.0f} -> {peak / 1024:.0f} MB)", f"{per:.1f} KB",
                                    f"<= {TARGETS['kb']:g} KB", per <= TARGETS["kb"], self.memory_cpu))
@@ -1603,6 +1628,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.run()
             finally:
                 stop_server(proc)
+                if getattr(bench, "_pg", None) is not None:
+                    bench._pg.close()
                 text = server_log.read_text(errors="replace")
                 errors = [line for line in text.splitlines() if "ERROR" in line and "was sent SIGTERM" not in line]
                 log(f"{label}: {time.monotonic() - started:.0f} s; its log has {text.count('Traceback')} "
