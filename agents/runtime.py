@@ -272,9 +272,13 @@ class AsyncDjangoRuntime(BudgetTracking, engine.AsyncRuntime):
         self.spent_after: int | None = None
 
     async def resolve_secret(self, name: str, *, agent: str) -> engine.SecretValue:
-        from fruxon import adb
-
-        return await adb.run(secret_value, self.organization_id, name, agent)
+        try:
+            value, hosts = await secrets.aresolve(organization_id=self.organization_id, name=name, agent_slug=agent)
+        except secrets.SecretNotAllowed as exc:
+            raise engine.SecretNotAllowed(exc.message) from None
+        except NotFound as exc:
+            raise engine.SecretNotFound(exc.message) from None
+        return engine.SecretValue(value, hosts)
 
     async def get_integration(self, slug: str):
         from fruxon import adb

@@ -12,6 +12,7 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fruxon.settings")
+os.environ["FRUXON_ASGI"] = "1"  # settings: a connection pool by default (see fruxon/settings.py)
 application = get_asgi_application()
 
 from fruxon import adb

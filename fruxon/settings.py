@@ -139,14 +139,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # A file (not shared memory) for tests, so threaded live-server tests can lock and wait.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "db" / f"test-{os.getpid()}.sqlite3")}
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and int(os.environ.get("DB_POOL_MAX_SIZE", "0") or 0):
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and int(
+        os.environ.get("DB_POOL_MAX_SIZE") or (16 if os.environ.get("FRUXON_ASGI") == "1" else 0)):
     # A connection pool (psycopg_pool) per process instead of one persistent
     # connection per thread: hundreds of threads waiting on model providers then
     # share a few connections (the execute path hands its connection back while it
     # waits, see fruxon.db), and ASGI's per-request threads reuse connections too.
     # The pool replaces CONN_MAX_AGE, and its health check (one round trip per
     # checkout) is off: a broken connection is discarded when it is returned.
-    _pool_max = int(os.environ["DB_POOL_MAX_SIZE"])
+    # Under the ASGI server (fruxon.asgi) a pool is the default: each sync request runs on a thread of
+    # its own, so a persistent connection per thread would be opened per request and never reused.
+    _pool_max = int(os.environ.get("DB_POOL_MAX_SIZE") or 16)
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -154,6 +157,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and int(o
         "max_size": _pool_max,
         "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "2")),
     }
+elif os.environ.get("FRUXON_ASGI") == "1":
+    # Under ASGI without a pool (DB_POOL_MAX_SIZE=0): close each request's connection, since the
+    # thread that opened it is not reused.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [

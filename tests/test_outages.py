@@ -328,7 +328,7 @@ print(json.dumps({"key": key, "session": client.cookies["sessionid"].value}))
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("connections", [
     pytest.param({"DB_POOL_MAX_SIZE": "4", "DB_POOL_MIN_SIZE": "2"}, id="pooled"),
-    pytest.param({"DB_POOL_MAX_SIZE": "0", "DB_CONN_MAX_AGE": "600"}, id="persistent"),
+    pytest.param({"DB_POOL_MAX_SIZE": "0", "DB_CONN_MAX_AGE": "600"}, id="unpooled"),
 ])
 def test_postgresql_outage_answers_503_fast_refuses_executes_before_any_model_call_then_recovers(connections):
     stub_url, stub = start_openai_stub(script=[{"content": "fine", "usage": {"prompt_tokens": 3, "completion_tokens": 1}}])

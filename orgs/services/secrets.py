@@ -9,6 +9,8 @@ revision is created (``check_destinations``) and again by the engine per call.
 """
 from __future__ import annotations
 
+import json
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -202,9 +204,57 @@ def resolve_value(*, organization_id: int, name: str, agent_slug: str | None) ->
 
 def _resolve(*, organization_id: int, name: str, agent_slug: str | None) -> tuple[Secret, str]:
     secret = Secret.objects.filter(organization_id=organization_id, name=name).first()
+    _check_use(secret, name, agent_slug)
+    version = SecretVersion.objects.get(secret=secret, version=secret.current_version)
+    return secret, crypto.decrypt(version.ciphertext)
+
+
+def _check_use(secret: Secret | None, name: str, agent_slug: str | None) -> None:
     if secret is None or secret.current_version == 0:
         raise NotFound(f"Secret '{name}' does not exist in this organization.", code="unknown_secret")
     if agent_slug is not None and not secret.allows_agent(agent_slug):
         raise SecretNotAllowed(f"Agent '{agent_slug}' is not in the allowedAgents of secret '{name}'.")
-    version = SecretVersion.objects.get(secret=secret, version=secret.current_version)
-    return secret, crypto.decrypt(version.ciphertext)
+
+
+_ONE_STATEMENT = None
+
+
+def _one_statement() -> str:
+    """``resolve``'s three lookups (the secret, its current version, its integrations' URLs) as one."""
+    global _ONE_STATEMENT
+    if _ONE_STATEMENT is None:
+        secret, version, integration = (model._meta.db_table for model in (Secret, SecretVersion, Integration))
+        _ONE_STATEMENT = (
+            f'SELECT s.allowed_agents, s.allowed_hosts, s.current_version, v.ciphertext, '
+            f'(SELECT array_agg(i.config ->> \'baseUrl\') FROM "{integration}" i '
+            f' WHERE i.organization_id = s.organization_id AND i.credentials_secret = s.name) '
+            f'FROM "{secret}" s LEFT JOIN "{version}" v ON v.secret_id = s.id AND v.version = s.current_version '
+            f'WHERE s.organization_id = %s AND s.name = %s')
+    return _ONE_STATEMENT
+
+
+async def aresolve(*, organization_id: int, name: str, agent_slug: str | None) -> tuple[str, frozenset[str]]:
+    """``resolve`` for the async execute family: the same checks, errors and answer, in one statement
+    through ``fruxon.adb`` on PostgreSQL (elsewhere ``resolve`` itself, off the loop)."""
+    from django.db import connection
+
+    from fruxon import adb
+
+    if connection.vendor != "postgresql":
+        return await adb.run(resolve, organization_id=organization_id, name=name, agent_slug=agent_slug)
+    row = await adb.fetchone(_one_statement(), [organization_id, name])
+    secret = None
+    if row is not None:
+        agents, hosts, current, ciphertext, urls = row
+        load = lambda value: json.loads(value) if isinstance(value, str) else value  # noqa: E731 - jsonb as text
+        secret = Secret(name=name, allowed_agents=load(agents) or [], allowed_hosts=load(hosts) or [],
+                        current_version=current)
+    _check_use(secret, name, agent_slug)
+    if ciphertext is None:  # the current version row is missing: as SecretVersion.objects.get would say
+        raise SecretVersion.DoesNotExist(f"secret {name!r} version {current}")
+    allowed = set(secret.allowed_hosts)
+    for url in urls or ():
+        host = destinations.url_host(url)
+        if host is not None:
+            allowed.add(str(host))
+    return crypto.decrypt(ciphertext), frozenset(allowed)
