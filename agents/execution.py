@@ -7,6 +7,7 @@ lands mid-run changes nothing for this run: it holds its own revision.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from . import engine
 from .models import Agent, Revision
 from .runtime import AsyncDjangoRuntime, DjangoRuntime
 
+logger = logging.getLogger(__name__)
 CONVERSATION_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -202,12 +204,19 @@ async def arun(prepared: Prepared, *, events=None) -> Execution:
     cancelled = task is not None and task.cancelling() > 0
     recording = asyncio.ensure_future(_arecord(prepared, result))
     _recordings.add(recording)
-    recording.add_done_callback(_recordings.discard)
+    recording.add_done_callback(_recorded)
     run = await asyncio.shield(recording)  # a second cancellation cannot abandon the record half way
     if cancelled:
         raise asyncio.CancelledError()
     return Execution(run=run, result=result, rate_refusal=prepared.runtime.rate_refusal,
                      rate_decision=prepared.rate_decision)
+
+
+def _recorded(task: asyncio.Task) -> None:
+    _recordings.discard(task)
+    if not task.cancelled() and task.exception() is not None:  # retrieved here: the caller may be gone
+        logger.error("a run could not be recorded: %s", type(task.exception()).__name__,
+                     exc_info=task.exception())
 
 
 async def _arecord(prepared: Prepared, result) -> Run:

@@ -185,11 +185,17 @@ def _django_execute(sql: str, params) -> None:
 _PROBE_SECONDS = 0.05
 
 
+class PoolBusy(Exception):
+    """Every connection of the execute pool stayed busy for the whole wait while PostgreSQL itself
+    answers: load, not an outage (the view answers 503 ``overloaded``; no breaker opens)."""
+
+
 @asynccontextmanager
-async def _connection():
+async def _connection(timeout: float | None = None):
     """A pooled connection for one statement. While PostgreSQL is unreachable every call fails at
     once, but for one direct connection attempt (a probe) every ``_PROBE_SECONDS``: the first probe
-    that connects renews the pool, so executes recover as soon as PostgreSQL does."""
+    that connects renews the pool, so executes recover as soon as PostgreSQL does. ``timeout``: how
+    long to wait for a free connection (default ``FRUXON_ASYNC_DB_POOL_TIMEOUT``)."""
     from psycopg_pool import PoolTimeout
 
     from .resilience import breaker, database_unavailable
@@ -197,38 +203,46 @@ async def _connection():
     guard = breaker("PostgreSQL (execute pool)", reset_after=_PROBE_SECONDS)
     if not guard.allow():
         raise PoolTimeout("PostgreSQL was unreachable moments ago (circuit open)")
+    owner = await pool()
     try:
-        owner = await pool()
         if guard.is_open:  # this call probes an outage: the pool itself backs off its reconnections
             await _probe()
             owner = await _renew_pool(owner)
-        conn = await _checkout(owner)
-        try:
-            yield conn
-        finally:
-            await owner.putconn(conn)
+        conn = await _checkout(owner, timeout or settings.FRUXON_ASYNC_DB_POOL_TIMEOUT)
+    except PoolBusy:
+        raise
     except Exception as exc:
         if database_unavailable(exc):
             guard.failure(exc)
         raise
+    try:
+        yield conn
+    except Exception as exc:
+        if database_unavailable(exc):  # the connection broke under the statement
+            guard.failure(exc)
+        raise
+    finally:
+        await owner.putconn(conn)
     guard.success()
 
 
-async def _checkout(owner):
-    """A connection from ``owner``, waiting up to ``FRUXON_ASYNC_DB_POOL_TIMEOUT``. A wait past the first
-    second is either a burst (every connection busy) or an outage (none can be opened): one direct
-    connection attempt tells which, so an outage answers in about a second and a burst keeps waiting."""
+async def _checkout(owner, total: float):
+    """A connection from ``owner`` within ``total`` seconds. A wait past the first second is either
+    load (every connection busy) or an outage (none can be opened): one direct connection attempt
+    tells which, so an outage answers in about a second (``PoolTimeout``, 503 ``database_unavailable``)
+    and load keeps waiting, then ``PoolBusy``."""
     from psycopg_pool import PoolTimeout
 
-    total = settings.FRUXON_ASYNC_DB_POOL_TIMEOUT
     first = min(1.0, total)
     try:
         return await _getconn(owner, first)
     except PoolTimeout:
-        if total <= first:
-            raise
+        pass
     await _probe()
-    return await _getconn(owner, total - first)
+    try:
+        return await _getconn(owner, max(total - first, 0.05))
+    except PoolTimeout as exc:
+        raise PoolBusy(f"no free connection in the execute pool within {total:.0f} s") from exc
 
 
 async def _probe() -> None:
@@ -269,11 +283,12 @@ async def fetchone(sql: str, params) -> tuple | None:
         return await cursor.fetchone()
 
 
-async def execute(sql: str, params) -> None:
-    """Run one statement in autocommit (several ``;``-separated ones form one implicit transaction)."""
+async def execute(sql: str, params, *, timeout: float | None = None) -> None:
+    """Run one statement in autocommit (several ``;``-separated ones form one implicit transaction).
+    ``timeout``: how long it may wait for a free connection."""
     if mode() != "pool":
         return await run(_django_execute, sql, params)
-    async with _connection() as conn:
+    async with _connection(timeout) as conn:
         await conn.execute(sql, params)
 
 

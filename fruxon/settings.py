@@ -530,5 +530,7 @@ FRUXON_OVERLOAD_RETRY_AFTER = int(os.environ.get("FRUXON_OVERLOAD_RETRY_AFTER", 
 FRUXON_ASYNC_DB = os.environ.get("FRUXON_ASYNC_DB", "")
 FRUXON_ASYNC_DB_POOL_SIZE = int(os.environ.get("FRUXON_ASYNC_DB_POOL_SIZE", "16"))
 FRUXON_ASYNC_DB_POOL_TIMEOUT = float(os.environ.get("FRUXON_ASYNC_DB_POOL_TIMEOUT", "5"))
+# A finished run's record waits this long for a free connection under load (an outage fails it at once).
+FRUXON_RUN_RECORD_TIMEOUT = float(os.environ.get("FRUXON_RUN_RECORD_TIMEOUT", "30"))
 # Threads per process for the sync ORM work an execute sometimes needs (secrets, sub-agents, conversations).
 FRUXON_ASYNC_DB_THREADS = int(os.environ.get("FRUXON_ASYNC_DB_THREADS", "8"))

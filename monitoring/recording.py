@@ -199,7 +199,9 @@ async def arecord_run(*, organization_id: int, agent_id: int, revision_id: str, 
                             result=result, source=source, input=input, api_key_id=api_key_id, run_id=run_id)
         prepared = _statement([run], spans, connections[using], autocommit=True)
         if prepared is not None:
-            await adb.execute(*prepared)
+            # The run happened (and was paid for): its record waits for a connection as long as it takes
+            # under load, FRUXON_RUN_RECORD_TIMEOUT at most; an outage still fails it at once.
+            await adb.execute(*prepared, timeout=settings.FRUXON_RUN_RECORD_TIMEOUT)
             _saved([run], spans, using)
             observability.run_recorded(run, result)
             return run

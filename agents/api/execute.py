@@ -226,6 +226,8 @@ def _answer(body, status: int = 200) -> HttpResponse:
 
 
 def _error_response(exc: Exception) -> HttpResponse:
+    if isinstance(exc, adb.PoolBusy):  # PostgreSQL answers, but this process has more work than connections
+        return _overloaded()
     handled = exception_handler(exc, {"view": None})
     if handled is None:  # never: the handler maps everything; keep Django's 500 path for the unexpected
         raise exc
