@@ -161,10 +161,11 @@ class Prepared:
 
 async def aprepare(*, agent: Agent, input, revision_id: str | None = None, conversation_key: str | None = None,
                    api_key_id: int | None = None, started: float | None = None,
-                   rate_limited_for: tuple | None = None) -> Prepared:
+                   rate_limited_for: tuple | None = None, price_entries=None) -> Prepared:
     """Everything ``execute`` checks before it runs, on the event loop; raises the same 400/404/409/429.
 
-    Nothing is written: a refusal here records no run.
+    Nothing is written: a refusal here records no run. ``price_entries``: a task already fetching the
+    org's price cache entries (``monitoring.pricing.acached_entries``).
     """
     revision, source = await aresolve_revision(agent=agent, revision_id=revision_id)
     values = validate_input(revision.spec, input)
@@ -178,7 +179,8 @@ async def aprepare(*, agent: Agent, input, revision_id: str | None = None, conve
         admitted = await ratelimit.aadmit("executions", organization=organization, api_key=key)
         token_limits = ratelimit.limits_for("tokens", organization=organization, api_key=key)
     runtime = AsyncDjangoRuntime(organization_id=agent.organization_id, agent_id=agent.pk,
-                                 budget=getattr(agent, "budget", None), token_limits=token_limits)
+                                 budget=getattr(agent, "budget", None), token_limits=token_limits,
+                                 price_entries=price_entries)
     context = engine.RunContext.for_spec(revision.spec, agent=agent.slug, revision_id=revision.id,
                                          started=started if started is not None else time.monotonic())
     observability.remember_agent(agent)

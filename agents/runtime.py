@@ -11,6 +11,7 @@ on model providers.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from decimal import Decimal
@@ -259,10 +260,13 @@ class AsyncDjangoRuntime(BudgetTracking, engine.AsyncRuntime):
     limits = property(lambda self: engine_limits())
     http_client = None  # the loop's pooled client (agents.engine.transport.default_async_client)
 
-    def __init__(self, *, organization_id: int, agent_id: int, budget=None, token_limits=()):
+    def __init__(self, *, organization_id: int, agent_id: int, budget=None, token_limits=(), price_entries=None):
         self.organization_id = organization_id
         self.agent_id = agent_id
         self.token_limits = tuple(token_limits)
+        # A task fetching the org's price cache entries, started while the agent was looked up
+        # (agents.api.execute); None: fetched when the first model call asks.
+        self._price_entries = price_entries
         self.rate_refusal = None
         self.budget = budget
         self._budget_state = BudgetState.of(budget, timezone.now()) if budget is not None else None
@@ -292,7 +296,12 @@ class AsyncDjangoRuntime(BudgetTracking, engine.AsyncRuntime):
 
     async def price_for(self, provider: str, model: str):
         if self._prices is None:
-            self._prices = await pricing.acached_prices(organization_id=self.organization_id, agent_id=self.agent_id)
+            early, found = self._price_entries, None
+            # (Outside the ASGI server a stream is read on another event loop than the view ran on.)
+            if early is not None and early.get_loop() is asyncio.get_running_loop():
+                found = await early
+            self._prices = await pricing.acached_prices(organization_id=self.organization_id, agent_id=self.agent_id,
+                                                        found=found)
         return pricing.lookup(self._prices, provider, model)
 
     async def before_model_call(self, estimate_usd: Decimal, *, tokens: int):

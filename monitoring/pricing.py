@@ -122,13 +122,20 @@ def cached_prices(*, organization_id: int, agent_id: int | None = None) -> dict[
     return _merged(builtin, overrides, agent_id)
 
 
-async def acached_prices(*, organization_id: int, agent_id: int | None = None) -> dict[tuple[str, str], Price]:
+async def acached_entries(organization_id: int) -> dict:
+    """The cache entries ``acached_prices`` reads (one Redis round trip): fetch them early, beside
+    other lookups, and pass them as ``found``."""
+    return await cache.aget_many([_BUILTIN_VERSION_KEY, _org_key(organization_id)])
+
+
+async def acached_prices(*, organization_id: int, agent_id: int | None = None,
+                         found: dict | None = None) -> dict[tuple[str, str], Price]:
     """``cached_prices`` for the async execute family: the usual case (both entries cached, the built-in
-    table already parsed in this process) is one Redis round trip on the loop; anything else is
-    ``cached_prices`` itself, through ``fruxon.adb.run``."""
-    org_key = _org_key(organization_id)
-    found = await cache.aget_many([_BUILTIN_VERSION_KEY, org_key])
-    version, overrides = found.get(_BUILTIN_VERSION_KEY), found.get(org_key)
+    table already parsed in this process) is one Redis round trip on the loop (none with ``found``, from
+    ``acached_entries``); anything else is ``cached_prices`` itself, through ``fruxon.adb.run``."""
+    if found is None:
+        found = await acached_entries(organization_id)
+    version, overrides = found.get(_BUILTIN_VERSION_KEY), found.get(_org_key(organization_id))
     if version is None or version != _builtin_memo[0] or overrides is None:
         from fruxon import adb
 

@@ -50,7 +50,7 @@ from fruxon.api.authentication import (
 from fruxon.api.base import access_refusal
 from fruxon.api.errors import error_body, exception_handler
 from fruxon.api.parsers import StoredJSONParser
-from monitoring import observability
+from monitoring import observability, pricing
 from monitoring.ledger.base import period_bounds
 from orgs.credentials import hash_credential
 
@@ -131,11 +131,11 @@ async def execute(request, tenant: str, agent: str):
 class _Caller:
     """Who calls and on what, as ``fruxon.api.base`` resolves it."""
 
-    __slots__ = ("agent", "api_key", "data", "organization", "rate_limit_headers")
+    __slots__ = ("agent", "api_key", "data", "organization", "price_entries", "rate_limit_headers")
 
-    def __init__(self, organization, agent, api_key, rate_limit_headers, data=None):
+    def __init__(self, organization, agent, api_key, rate_limit_headers, data=None, price_entries=None):
         self.organization, self.agent, self.api_key = organization, agent, api_key
-        self.rate_limit_headers, self.data = rate_limit_headers, data
+        self.rate_limit_headers, self.data, self.price_entries = rate_limit_headers, data, price_entries
 
 
 async def _execute(request, tenant: str, agent: str, slot: _Slot):
@@ -152,7 +152,7 @@ async def _execute(request, tenant: str, agent: str, slot: _Slot):
     prepared = await execution.aprepare(
         agent=caller.agent, input=data["input"], revision_id=data.get("revisionId"),
         conversation_key=data.get("conversationId"), api_key_id=getattr(caller.api_key, "pk", None),
-        started=started, rate_limited_for=(caller.organization, caller.api_key))
+        started=started, rate_limited_for=(caller.organization, caller.api_key), price_entries=caller.price_entries)
     headers = _rate_limit_headers(caller.rate_limit_headers, prepared.rate_decision)
     if stream:
         return _stream(caller, prepared, data, headers, slot, started)
@@ -175,19 +175,25 @@ async def _key_caller(request, raw: str, tenant: str, agent: str) -> _Caller:
     key = refuse_inactive(await alookup_api_key(hash_credential(raw)), now)
     if key_use_is_stale(key, now):
         await adb.run(note_key_used, key, now)
-    organization, found = await aresolve_tenant_and_agent_for_key(
-        tenant=tenant, slug=agent, api_key=key, select_related=ExecuteView.agent_select_related)
-    headers = None
-    limits = ratelimit.limits_for("requests", organization=organization, api_key=key)
-    if limits:
-        decision = await ratelimit.acheck(limits)
-        headers = decision.headers()
-        if not decision.allowed:
-            raise ratelimit.refusal(decision)
-    refusal = access_refusal(ExecuteView.access["POST"], api_key=key, role=None)
-    if refusal is not None:
-        raise refusal
-    return _Caller(organization, found, key, headers)
+    # The org's prices (a Redis round trip) are fetched while the agent is (a PostgreSQL one).
+    prices = asyncio.ensure_future(pricing.acached_entries(key.organization_id))
+    try:
+        organization, found = await aresolve_tenant_and_agent_for_key(
+            tenant=tenant, slug=agent, api_key=key, select_related=ExecuteView.agent_select_related)
+        headers = None
+        limits = ratelimit.limits_for("requests", organization=organization, api_key=key)
+        if limits:
+            decision = await ratelimit.acheck(limits)
+            headers = decision.headers()
+            if not decision.allowed:
+                raise ratelimit.refusal(decision)
+        refusal = access_refusal(ExecuteView.access["POST"], api_key=key, role=None)
+        if refusal is not None:
+            raise refusal
+    except BaseException:
+        prices.cancel()
+        raise
+    return _Caller(organization, found, key, headers, price_entries=prices)
 
 
 def _person_caller(request, tenant: str, agent: str) -> _Caller:
