@@ -1,6 +1,6 @@
 """gunicorn's configuration, read from the working directory (``gunicorn fruxon.wsgi ...`` from the project root).
 
-It only prepares /metrics for several worker processes (docs/observability.md): when
+It prepares /metrics for several worker processes (docs/observability.md): when
 ``FRUXON_METRICS_TOKEN`` is set, every worker writes its metrics to
 ``PROMETHEUS_MULTIPROC_DIR`` and a scrape sums them all.
 
@@ -52,6 +52,12 @@ def _prepare_metrics_dir():
 
 
 _prepare_metrics_dir()
+
+# Client addresses: the application alone decides whom to believe about X-Forwarded-For
+# (FRUXON_TRUSTED_PROXIES, used by the login throttle). gunicorn's default would make the uvicorn
+# worker rewrite the client address from that header for connections from 127.0.0.1, before the
+# application sees the request.
+forwarded_allow_ips = ""
 
 
 def child_exit(server, worker):

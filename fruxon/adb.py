@@ -253,6 +253,10 @@ async def _probe() -> None:
     try:
         probe = await psycopg.AsyncConnection.connect(**{**_connection_kwargs(), "connect_timeout": 2})
     except psycopg.OperationalError as exc:
+        if "timeout" in str(exc).lower():
+            # No answer in time is what an overloaded process sees too (its loop is late reading the
+            # answer): load, not an outage. A refused or closed connection is an outage.
+            raise PoolBusy(f"PostgreSQL did not answer a new connection in time: {exc}") from exc
         raise PoolTimeout(f"PostgreSQL cannot be reached: {exc}") from exc
     await probe.close()
 

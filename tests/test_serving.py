@@ -298,3 +298,15 @@ def test_admin_is_styled_in_chromium_under_the_production_command(production, br
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "admin-production-command.png"), full_page=True)
     page.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_forwarded_for_is_believed_only_as_the_application_says():
+    """The uvicorn worker would rewrite the client address from X-Forwarded-For on loopback connections
+    (gunicorn's default); gunicorn.conf.py turns that off, so the login throttle's per-address limit
+    holds against a client that sends a new X-Forwarded-For with every attempt."""
+    env = {"FRUXON_LOGIN_MAX_FAILURES_PER_ADDRESS": "3", "FRUXON_LOGIN_MAX_FAILURES_PER_ACCOUNT": "100"}
+    with gunicorn(workers=1, extra_env=env) as base, httpx.Client(base_url=base, timeout=30) as client:
+        codes = [client.post("/v1/auth/token", json={"username": f"nobody{n}", "password": "wrong"},
+                             headers={"X-Forwarded-For": f"203.0.113.{n}"}).status_code for n in range(6)]
+    assert codes[:3] == [401] * 3 and codes[3:] == [429] * 3, codes

@@ -126,7 +126,7 @@ def post_json(client: httpx.Client, url: str, *, payload: Any, headers: Mapping[
 # a call waits for a connection, never past its deadline. A host may change both before the
 # first run of a process.
 ASYNC_CLIENT_SHARDS = 16
-ASYNC_LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=16, keepalive_expiry=30.0)
+ASYNC_LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=30.0)
 
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[httpx.AsyncClient]] = \
     weakref.WeakKeyDictionary()
