@@ -169,6 +169,9 @@ class DjangoRuntime(BudgetTracking, engine.Runtime):
         try:
             reservation = ledger().reserve(self._budget_state, to_units(estimate_usd))
         except LedgerUnavailable as exc:
+            if not self._budget_state.enforce:  # tracking only: run; its recorded cost reaches the ledger later
+                self._push(None, self._reserve_tokens(tokens, None))
+                return
             observability.ledger_refused(organization_id=self.organization_id, agent_id=self.agent_id,
                                          reason="ledger_unavailable")
             raise LedgerUnavailableError(str(exc)) from None
@@ -309,13 +312,18 @@ class AsyncDjangoRuntime(BudgetTracking, engine.AsyncRuntime):
         if self._budget_state is not None:
             from monitoring.ledger import async_ledger
 
+            unreserved = False
             try:
                 reservation = await async_ledger().reserve(self._budget_state, to_units(estimate_usd))
             except LedgerUnavailable as exc:
-                observability.ledger_refused(organization_id=self.organization_id, agent_id=self.agent_id,
-                                             reason="ledger_unavailable")
-                raise LedgerUnavailableError(str(exc)) from None
-            if reservation is None:
+                if self._budget_state.enforce:
+                    observability.ledger_refused(organization_id=self.organization_id, agent_id=self.agent_id,
+                                                 reason="ledger_unavailable")
+                    raise LedgerUnavailableError(str(exc)) from None
+                # Tracking only: the run goes on unreserved; its recorded cost is part of the durable
+                # spend that seeding and reconciliation bring the ledger up to (monitoring.ledger).
+                unreserved = True
+            if reservation is None and not unreserved:
                 observability.ledger_refused(organization_id=self.organization_id, agent_id=self.agent_id,
                                              reason="budget_exceeded")
                 raise engine.BudgetExceeded(

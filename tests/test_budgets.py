@@ -138,6 +138,18 @@ def test_unreachable_ledger_fails_closed(org, runner):
     assert not run.spans.filter(kind="llm", status="ok").exists()
 
 
+def test_unreachable_ledger_does_not_stop_a_tracking_only_budget(org, runner):
+    """``enforce: false`` tracks spend and alerts; it never refused a run, and an outage of the ledger
+    does not make it start: the run goes on, recorded with its cost (the ledger catches up from runs)."""
+    agent = priced_agent(org)
+    Budget.objects.create(organization=org, agent=agent, period="day", amount_usd=Decimal("100"), enforce=False)
+    with override_settings(FRUXON_LEDGER="redis", FRUXON_LEDGER_REDIS_URL="redis://127.0.0.1:1/0"):
+        response = _execute(runner)
+    assert response.status_code == 200, response.content
+    run = Run.objects.get(pk=response.json()["runId"])
+    assert run.status == "ok" and run.cost_usd > 0
+
+
 @pytest.fixture
 def webhook():
     """A loopback webhook receiver: yields its URL and the requests it received (headers, raw bytes)."""
