@@ -42,7 +42,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from .db import release_connection
+from .db import release_connection, server_spoke
 
 logger = logging.getLogger("fruxon.outage")
 
@@ -101,17 +101,12 @@ _pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop ->
 async def _alive(conn) -> bool:
     """Is this idle pooled connection usable? No round trip unless the server has said something
     (``fruxon.db.connection_alive``'s rule, awaited)."""
-    import select
-
     from psycopg_pool import AsyncConnectionPool
 
-    if conn.closed:
+    said = server_spoke(conn)
+    if said is None:
         return False
-    try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    if not readable:  # a healthy idle connection has nothing to say
+    if not said:  # a healthy idle connection has nothing to say
         return True
     try:
         await AsyncConnectionPool.check_connection(conn)

@@ -172,6 +172,21 @@ def pg_json(value) -> str:
     return json.dumps(_scrub(value), allow_nan=False)
 
 
+def server_spoke(conn) -> bool | None:
+    """Has the server sent anything to this idle psycopg connection (sync or async)? None when it has
+    no usable socket. A healthy idle connection has nothing to read; one the server closed has its
+    final message and EOF waiting. One ``poll``, no round trip."""
+    import select
+
+    if conn.closed:
+        return None
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return None
+    return bool(readable)
+
+
 def connection_alive(conn) -> bool:
     """Is this idle psycopg connection still usable? No round trip unless the server has said something.
 
@@ -179,15 +194,10 @@ def connection_alive(conn) -> bool:
     ``pg_terminate_backend``) has its final message and EOF waiting. Only then is it checked
     with an empty query.
     """
-    import select
-
-    if conn.closed:
+    said = server_spoke(conn)
+    if said is None:
         return False
-    try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    if not readable:
+    if not said:
         return True
     try:
         from psycopg_pool import ConnectionPool
