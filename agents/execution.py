@@ -229,7 +229,7 @@ async def _arecord(prepared: Prepared, result) -> Run:
                             revision_id=prepared.revision.id, result=result, source=prepared.source,
                             input=prepared.input, api_key_id=prepared.api_key_id,
                             conversation_key=prepared.conversation_key, run_id=prepared.run_id)
-    candidate = shadow.sampled(agent=agent, run=run)
+    candidate = shadow.sampled(agent=agent, run=run) if run.status != "cancelled" else None
     if candidate is not None or prepared.runtime.budget_thresholds_crossed():
         await adb.run(_after_run, prepared.runtime, run, candidate)
     return run

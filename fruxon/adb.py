@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -96,6 +97,7 @@ async def run(fn, *args, **kwargs):
 # --- statements on the pool ---------------------------------------------------------------------------
 
 _pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> (pid, pool)
+_pool_born: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pool -> time.monotonic() it was made
 
 
 async def _alive(conn) -> bool:
@@ -121,7 +123,12 @@ async def _getconn(owner, timeout: float):
     with no sleep (psycopg_pool's own ``check`` callback backs off a second per dead connection)."""
     for _ in range(owner.max_size + 1):
         conn = await owner.getconn(timeout=timeout)
-        if await _alive(conn):
+        try:
+            alive = await _alive(conn)
+        except BaseException:  # cancelled meanwhile: the connection must go back, whatever its state
+            await owner.putconn(conn)
+            raise
+        if alive:
             return conn
         logger.warning("discarding a pooled PostgreSQL connection the server closed; checking the others")
         await conn.close()
@@ -160,6 +167,7 @@ async def pool():
         open=False, name="fruxon-execute",
     )
     _pools[loop] = (os.getpid(), created)
+    _pool_born[created] = time.monotonic()
     await created.open(wait=False)
     return created
 
@@ -202,7 +210,8 @@ async def _connection(timeout: float | None = None):
     try:
         if guard.is_open:  # this call probes an outage: the pool itself backs off its reconnections
             await _probe()
-            owner = await _renew_pool(owner)
+            if _pool_born.get(owner, 0.0) < guard.opened_at:  # once per outage: a newer pool is left be
+                owner = await _renew_pool(owner)
         conn = await _checkout(owner, timeout or settings.FRUXON_ASYNC_DB_POOL_TIMEOUT)
     except PoolBusy:
         raise
@@ -229,6 +238,11 @@ async def _checkout(owner, total: float):
     from psycopg_pool import PoolTimeout
 
     first = min(1.0, total)
+    if total > _PROBE_AFTER_WAIT_UP_TO:  # a run's record: it waits for a connection, it never probes
+        try:
+            return await _getconn(owner, total)
+        except PoolTimeout as exc:
+            raise PoolBusy(f"no free connection in the execute pool within {total:.0f} s") from exc
     try:
         return await _getconn(owner, first)
     except PoolTimeout:
@@ -240,8 +254,22 @@ async def _checkout(owner, total: float):
         raise PoolBusy(f"no free connection in the execute pool within {total:.0f} s") from exc
 
 
+_PROBE_AFTER_WAIT_UP_TO = 10.0  # seconds: checkouts allowed to wait longer (a run's record) never probe
+_probing: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> the probe under way
+
+
 async def _probe() -> None:
-    """One direct connection attempt: raise ``PoolTimeout`` when PostgreSQL cannot be reached."""
+    """One direct connection attempt, shared by every caller that asks while it runs (hundreds of
+    slow checkouts make one probe, not hundreds of connections): raise ``PoolTimeout`` when PostgreSQL
+    cannot be reached, ``PoolBusy`` when it does not answer in time."""
+    loop = asyncio.get_running_loop()
+    under_way = _probing.get(loop)
+    if under_way is None or under_way.done():
+        under_way = _probing[loop] = asyncio.ensure_future(_probe_once())
+    await asyncio.shield(under_way)
+
+
+async def _probe_once() -> None:
     import psycopg
     from psycopg_pool import PoolTimeout
 

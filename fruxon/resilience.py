@@ -36,6 +36,11 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self._opened_at is not None
 
+    @property
+    def opened_at(self) -> float:
+        """When (``time.monotonic()``) the current outage began; 0 while closed."""
+        return self._opened_at or 0.0
+
     def allow(self) -> bool:
         """May the caller try the dependency now? (closed: yes; open: only the one half-open probe)."""
         if self._opened_at is None:

@@ -201,7 +201,12 @@ async def arecord_run(*, organization_id: int, agent_id: int, revision_id: str, 
         if prepared is not None:
             # The run happened (and was paid for): its record waits for a connection as long as it takes
             # under load, FRUXON_RUN_RECORD_TIMEOUT at most; an outage still fails it at once.
-            await adb.execute(*prepared, timeout=settings.FRUXON_RUN_RECORD_TIMEOUT)
+            try:
+                await adb.execute(*prepared, timeout=settings.FRUXON_RUN_RECORD_TIMEOUT)
+            except adb.PoolBusy as exc:  # the run happened: never "overloaded, nothing was run"
+                from psycopg_pool import PoolTimeout
+
+                raise PoolTimeout(f"run {run.id} could not be recorded: {exc}") from exc
             _saved([run], spans, using)
             observability.run_recorded(run, result)
             return run

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 from django.conf import settings
@@ -73,18 +74,20 @@ class InFlight:
     """The count of this process's executions in flight; ``enter`` refuses past the limit."""
 
     count = 0
+    lock = threading.Lock()
 
     @classmethod
     def enter(cls) -> _Slot | None:
-        if cls.count >= settings.FRUXON_MAX_IN_FLIGHT:
-            return None
-        cls.count += 1
+        with cls.lock:
+            if cls.count >= settings.FRUXON_MAX_IN_FLIGHT:
+                return None
+            cls.count += 1
         return _Slot()
 
 
 class _Slot:
     """One execution's place in ``InFlight``, given back exactly once (a stream that never started
-    is given back when its response is closed or collected)."""
+    is given back when its response is closed, in a worker thread, or collected, in any thread)."""
 
     __slots__ = ("held",)
 
@@ -92,9 +95,10 @@ class _Slot:
         self.held = True
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            InFlight.count -= 1
+        with InFlight.lock:
+            if self.held:
+                self.held = False
+                InFlight.count -= 1
 
     __del__ = release
 
@@ -143,6 +147,11 @@ async def _execute(request, tenant: str, agent: str, slot: _Slot):
         raise drf.MethodNotAllowed(request.method)
     started = getattr(request, "fruxon_started", None) or time.monotonic()
     raw = raw_api_key(request)
+    if raw is None and not request.META.get("HTTP_AUTHORIZATION") and settings.SESSION_COOKIE_NAME not in request.COOKIES:
+        # No credentials at all: the DRF base's answer, without taking a database thread for it.
+        exc = drf.NotAuthenticated()
+        exc.auth_header = 'Bearer realm="fruxon"'
+        raise exc
     caller = await (_key_caller(request, raw, tenant, agent) if raw is not None
                     else adb.run(_person_caller, request, tenant, agent))
     from .views import execute_request
@@ -332,14 +341,6 @@ async def _events(caller: _Caller, prepared, conversation_key, slot: _Slot, star
         overhead = (time.monotonic() - started) * 1000.0 - outcome.result.provider_ms
         observability.execute_overhead(organization=caller.organization, agent=caller.agent,
                                        seconds=max(overhead, 0.0) / 1000.0)
-    except asyncio.CancelledError:
-        if run is not None and not run.done():
-            run.cancel()  # the run records itself as cancelled (agents.execution.arun), then ends cancelled
-            try:
-                await run
-            except asyncio.CancelledError:
-                pass
-        raise
     except Exception as exc:  # the run could not be recorded (the database went away mid-stream)
         logger.exception("execute stream failed")
         handled = exception_handler(exc, {"view": None})
@@ -347,5 +348,15 @@ async def _events(caller: _Caller, prepared, conversation_key, slot: _Slot, star
                  else {"code": "internal_error", "message": "An internal error occurred.", "details": {}})
         yield _event("run.failed", {"runId": prepared.run_id, "error": error})
     finally:
+        # The client went away: Django cancels this task (CancelledError here) or, when it was
+        # waiting to send, closes this generator (GeneratorExit at the yield). Either way the run
+        # stops now, records itself as cancelled (agents.execution.arun), and only then is its place
+        # in this process's executions in flight given back.
+        if run is not None and not run.done():
+            run.cancel()
+            try:
+                await run
+            except BaseException:  # noqa: BLE001 - its cancellation (or failure) is recorded or logged by arun
+                pass
         slot.release()
 

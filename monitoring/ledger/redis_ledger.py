@@ -123,6 +123,7 @@ class RedisLedger:
         from fruxon.cache import QUICK_RETRY
         from fruxon.resilience import breaker
 
+        self.url = url
         self.client = redis.Redis.from_url(url, socket_timeout=settings.FRUXON_REDIS_SOCKET_TIMEOUT,
                                            socket_connect_timeout=settings.FRUXON_REDIS_CONNECT_TIMEOUT,
                                            retry=QUICK_RETRY, health_check_interval=30)
@@ -244,11 +245,11 @@ class AsyncRedisLedger:
 
         self.sync = sync
         kwargs = sync.client.connection_pool.connection_kwargs
-        self.client = redis.asyncio.Redis(
-            host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379), db=kwargs.get("db", 0),
-            username=kwargs.get("username"), password=kwargs.get("password"),
-            socket_timeout=kwargs.get("socket_timeout"), socket_connect_timeout=kwargs.get("socket_connect_timeout"),
-            retry=Retry(NoBackoff(), 1), health_check_interval=30,
+        # The same URL (TLS, unix sockets, credentials as it says), timeouts and retry as the sync ledger.
+        self.client = redis.asyncio.Redis.from_url(
+            sync.url, socket_timeout=kwargs.get("socket_timeout"),
+            socket_connect_timeout=kwargs.get("socket_connect_timeout"), retry=Retry(NoBackoff(), 1),
+            health_check_interval=30,
         )
         self._reserve = self.client.register_script(RESERVE)
         self._settle = self.client.register_script(SETTLE)
