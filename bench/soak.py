@@ -15,8 +15,8 @@ What it does (see bench/README.md "Soak"):
    of ``agents.engine.testing``, in a process of its own, answering after
    ``--latency-ms``), plus an ``admin`` key, a second revision of ``slow`` and a
    dataset of ``--eval-cases`` cases;
-3. starts, as the README says: gunicorn (``fruxon.wsgi -k gthread --workers 2
-   --threads 256``, ``DB_POOL_MAX_SIZE=16``), one Celery worker per core (``-Q
+3. starts, as the README says: gunicorn (``fruxon.asgi:application -k
+   uvicorn_worker.UvicornWorker --workers 2``, ``DB_POOL_MAX_SIZE=16``), one Celery worker per core (``-Q
    default,evaluations,shadow --pool threads -c 8 --prefetch-multiplier 1``,
    ``DB_POOL_MAX_SIZE=8``) and Celery beat, all with production settings on
    127.0.0.1, ``REDIS_URL=redis://127.0.0.1:6379/13``, ``FRUXON_EGRESS_ALLOW=127.0.0.1``;
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # The README's production setup.
         port = execute.free_port()
-        label, server_argv, description = execute.parse_server("gthread:2:256")
+        label, server_argv, description = execute.parse_server("asgi:2")
         opened["gunicorn"] = execute.start_server(server_argv, env, port, stdout=open(logdir / "gunicorn.log", "w"),
                                                   stderr=subprocess.STDOUT)
         processes = os.cpu_count() or 1
