@@ -1,4 +1,5 @@
-"""gunicorn's configuration, read from the working directory (``gunicorn fruxon.wsgi ...`` from the project root).
+"""gunicorn's configuration, read from the working directory (the README's ``gunicorn fruxon.asgi:application ...``
+from the project root).
 
 It prepares /metrics for several worker processes (docs/observability.md): when
 ``FRUXON_METRICS_TOKEN`` is set, every worker writes its metrics to
