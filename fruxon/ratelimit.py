@@ -419,10 +419,17 @@ def limiter() -> RateLimiter:
     return _make(url, options["timeout"], options["clock_key"], options["breaker_seconds"], options["log_interval"])
 
 
+# On an event loop a socket timeout also counts the loop's own lag: under load, a Redis that answers
+# in 1 ms may be read 100 ms later. The async limiter waits at least this long before failing open.
+ASYNC_MIN_TIMEOUT = 0.25
+
+
 def async_limiter() -> AsyncRateLimiter | _NoRedis:
     """A new async limiter as configured; keep one per event loop (its connections belong to that loop)."""
     url, options = _options()
-    return AsyncRateLimiter(url, **options) if url else _NoRedis()
+    if not url:
+        return _NoRedis()
+    return AsyncRateLimiter(url, **{**options, "timeout": max(options["timeout"], ASYNC_MIN_TIMEOUT)})
 
 
 _loop_limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> (ident, limiter)

@@ -143,3 +143,16 @@ def test_a_person_streams_through_the_drf_base(org, editor, api):
     response = _execute(api.as_user(editor), stream=True)
     assert response.status_code == 200
     assert read_events(response)[-1][1]["output"] == "".join(STORY)
+
+
+def test_other_methods_answer_as_the_drf_base(org, runner, api):
+    """Only POST runs; the other methods get the DRF base's answers, as on every endpoint."""
+    agent_with_revision(org, "support", chunked_spec())
+    url = "/v1/acme/agents/support:execute"
+    wrong = runner.get(url)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    described = runner.options(url)
+    assert described.status_code == 200 and described.json()["name"]
+    assert api.anonymous().get(url).status_code == 401
+    assert runner.get("/v1/acme/agents/nope:execute").status_code == 404
+    assert Run.objects.count() == 0

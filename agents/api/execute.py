@@ -28,6 +28,7 @@ Answers (API.md "Streaming, cancellation and overload"):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -142,9 +143,21 @@ class _Caller:
         self.rate_limit_headers, self.data, self.price_entries = rate_limit_headers, data, price_entries
 
 
+@functools.cache
+def _drf_view():
+    """``ExecuteView`` served by DRF itself (its ``as_view`` returns the async view instead): for the
+    methods other than POST, whose answers (OPTIONS' description, 405, and the 401/403/404 before
+    them) are the DRF base's, exactly as on every other endpoint."""
+    from rest_framework.views import APIView
+
+    from .views import ExecuteView
+
+    return APIView.as_view.__func__(ExecuteView)
+
+
 async def _execute(request, tenant: str, agent: str, slot: _Slot):
     if request.method != "POST":
-        raise drf.MethodNotAllowed(request.method)
+        return await adb.run(_drf_view(), request, tenant=tenant, agent=agent)
     started = getattr(request, "fruxon_started", None) or time.monotonic()
     raw = raw_api_key(request)
     if raw is None and not request.META.get("HTTP_AUTHORIZATION") and settings.SESSION_COOKIE_NAME not in request.COOKIES:
