@@ -517,3 +517,18 @@ def test_refusals_are_counted_for_metrics(clock, org, api, settings):
     client = api.as_key(plain)
     assert [client.get("/v1/acme/agents").status_code for _ in range(4)] == [200, 429, 429, 429]
     assert counted() - before == 3
+
+
+def test_execute_refusals_after_the_request_count_carry_its_headers(clock, org, api):
+    """As on every endpoint (the DRF base's finalize_response): a 400 or 404 answered after the
+    requests-per-minute check still says where the caller stands."""
+    agent_with_revision(org, "support", local_spec())
+    _set_org(org, requests_per_minute=10)
+    _, plain = f.api_key(org, preset="runner")
+    client = api.as_key(plain)
+    invalid = client.post("/v1/acme/agents/support:execute", {"input": {}}, format="json")
+    assert invalid.status_code == 400 and invalid["RateLimit-Limit"] == "10"
+    assert invalid["RateLimit-Remaining"] == "9"
+    missing = client.post("/v1/acme/agents/support:execute", {"input": {"question": "q"}, "revisionId": "rev_nope"},
+                          format="json")
+    assert missing.status_code == 404 and missing["RateLimit-Remaining"] == "8"

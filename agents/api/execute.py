@@ -124,7 +124,12 @@ async def execute(request, tenant: str, agent: str):
         response = await _execute(request, tenant, agent, slot)
     except Exception as exc:  # noqa: BLE001 - a refusal before the run: the API's JSON error (500 if unexpected)
         slot.release()
-        return _error_response(exc)
+        response = _error_response(exc)
+        # As the DRF base's finalize_response: the request's RateLimit-* unless the refusal carries its own.
+        if "RateLimit-Limit" not in response:
+            for name, value in (getattr(exc, "rate_limit_headers", None) or {}).items():
+                response[name] = value
+        return response
     except BaseException:
         slot.release()
         raise
@@ -167,6 +172,14 @@ async def _execute(request, tenant: str, agent: str, slot: _Slot):
         raise exc
     caller = await (_key_caller(request, raw, tenant, agent) if raw is not None
                     else adb.run(_person_caller, request, tenant, agent))
+    try:
+        return await _run_for(request, caller, raw, slot, started)
+    except Exception as exc:
+        exc.rate_limit_headers = caller.rate_limit_headers
+        raise
+
+
+async def _run_for(request, caller: _Caller, raw: str | None, slot: _Slot, started: float):
     from .views import execute_request
 
     data = execute_request(caller.data if raw is None else _parse(request))
@@ -211,6 +224,7 @@ async def _key_caller(request, raw: str, tenant: str, agent: str) -> _Caller:
                 raise ratelimit.refusal(decision)
         refusal = access_refusal(ExecuteView.access["POST"], api_key=key, role=None)
         if refusal is not None:
+            refusal.rate_limit_headers = headers
             raise refusal
     except BaseException:
         prices.cancel()
