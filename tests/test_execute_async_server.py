@@ -174,3 +174,21 @@ def test_300_executes_in_flight_at_once_each_get_their_revisions_answer():
         assert body["revisionId"] == revisions[n % 3]
         assert body["output"] == f"stub: q{n} via {names[body['revisionId']]}"
     assert Run.objects.filter(agent=agent, status="ok").count() == 300
+
+
+def test_a_stream_refused_by_the_budget_is_an_ordinary_json_answer():
+    """API.md: anything refused before the run starts is JSON, not a stream, 429 budget_exceeded with
+    Retry-After included; the refusal is recorded as a run, as for a non-streamed execute."""
+    from monitoring.models import Budget
+
+    base_url, stub = start_openai_stub()
+    key, agent = world(base_url)
+    Budget.objects.create(organization=agent.organization, agent=agent, period="day",
+                          amount_usd=Decimal("0.00000001"), enforce=True)
+    with stub, gunicorn(workers=1) as base:
+        response = httpx.post(f"{base}/v1/acme/agents/support:execute", headers={"X-API-KEY": key},
+                              json={"input": {}, "stream": True}, timeout=30)
+    assert response.status_code == 429 and response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["code"] == "budget_exceeded" and int(response.headers["Retry-After"]) > 0
+    assert Run.objects.get(pk=response.headers["X-Fruxon-Run-Id"]).status == "budget_exceeded"
+    assert stub.requests == []  # refused before any model call

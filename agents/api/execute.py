@@ -18,7 +18,9 @@ Answers (API.md "Streaming, cancellation and overload"):
 * ``"stream": true`` in the body or ``Accept: text/event-stream``: 200 ``text/event-stream``,
   header ``X-Fruxon-Run-Id``, events ``run.started``, the engine's ``step.started`` /
   ``output.delta`` / ``tool.call`` / ``tool.result`` / ``step.completed``, then ``run.completed``
-  (data: exactly the JSON answer's body) or ``run.failed`` (``{"runId", "error"}``);
+  (data: exactly the JSON answer's body) or ``run.failed`` (``{"runId", "error"}``). The answer starts
+  once the run is under way: a run refused at its first model call (budget, tokens per minute, the
+  ledger) gets the JSON answer instead, as every refusal before a run;
 * a client that disconnects, streamed or not, cancels the run (Django cancels the request's
   task): the provider connection is closed, the run recorded ``cancelled`` and billed as
   ``agents.engine`` bounds it (``agents.execution.arun``);
@@ -190,7 +192,7 @@ async def _run_for(request, caller: _Caller, raw: str | None, slot: _Slot, start
         started=started, rate_limited_for=(caller.organization, caller.api_key), price_entries=caller.price_entries)
     headers = _rate_limit_headers(caller.rate_limit_headers, prepared.rate_decision)
     if stream:
-        return _stream(caller, prepared, data, headers, slot, started)
+        return await _stream(caller, prepared, data, headers, slot, started)
     outcome = await execution.arun(prepared)
     response = _run_answer(caller, outcome, data.get("conversationId"))
     for name, value in headers.items():
@@ -325,10 +327,65 @@ def _event(name: str, data) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _json.render(data) + b"\n\n"
 
 
-def _stream(caller: _Caller, prepared, data: dict, headers: dict, slot: _Slot, started: float):
+# A run that ends on one of these before it produced anything was refused, not run: JSON, not a stream.
+REFUSALS = frozenset({"budget_exceeded", "rate_limited", "ledger_unavailable"})
+_DONE = object()
+
+
+def _under_way(name: str, payload) -> bool:
+    """Has the run produced something (so it answers as a stream)? Model text or a tool call, or a step
+    that finished ok; ``step.started`` alone does not count (its first model call may yet be refused)."""
+    return name != "step.started" and (name != "step.completed" or payload.get("status") == "ok")
+
+
+async def _stream(caller: _Caller, prepared, data: dict, headers: dict, slot: _Slot, started: float):
+    """Start the run; answer 200 ``text/event-stream`` once it is under way (``_under_way``), or, if it was
+    refused first (``REFUSALS``: budget, tokens per minute, ledger), the JSON answer a non-streamed
+    execute gets (429/503 with ``Retry-After``), as API.md says of refusals."""
     conversation_key = data.get("conversationId")
-    response = StreamingHttpResponse(_events(caller, prepared, conversation_key, slot, started),
-                                     content_type=EVENT_STREAM)
+    if not adb.SERVED_BY_ASGI:
+        # Outside the ASGI server (the test client, a WSGI server) a stream is read on another event loop
+        # than the view ran on: the run starts when it is read, and a refusal arrives as run.failed.
+        return _streaming_response(caller, prepared, conversation_key, headers, slot, started, None, None, [],
+                                   done=False)
+    queue, run = _start(prepared)
+    held: list = []
+    item = None
+    try:
+        while (item := await queue.get()) is not _DONE:
+            held.append(item)
+            if _under_way(*item):
+                break
+        if item is _DONE:
+            outcome = run.result()
+            if not outcome.result.ok and _failure(caller, outcome)[0]["code"] in REFUSALS:
+                response = _run_answer(caller, outcome, conversation_key)
+                for name, value in headers.items():
+                    response.setdefault(name, value)
+                return response
+    except BaseException:  # the client left meanwhile (or the record failed): stop the run first
+        await _stop(run)
+        raise
+    return _streaming_response(caller, prepared, conversation_key, headers, slot, started, run, queue, held,
+                               done=item is _DONE)
+
+
+def _start(prepared) -> tuple[asyncio.Queue, asyncio.Future]:
+    """The run in a task of its own, its events queued (``_DONE`` last)."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def on_event(name: str, payload) -> None:
+        queue.put_nowait((name, payload))
+
+    run = asyncio.ensure_future(execution.arun(prepared, events=on_event))
+    run.add_done_callback(lambda _: queue.put_nowait(_DONE))
+    return queue, run
+
+
+def _streaming_response(caller, prepared, conversation_key, headers, slot, started, run, queue, held, *, done):
+    response = StreamingHttpResponse(
+        _events(caller, prepared, conversation_key, slot, started, run, queue, held, done=done),
+        content_type=EVENT_STREAM)
     response["X-Fruxon-Run-Id"] = prepared.run_id
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # a proxy in front must pass events on as they come
@@ -338,25 +395,30 @@ def _stream(caller: _Caller, prepared, data: dict, headers: dict, slot: _Slot, s
     return response
 
 
-_DONE = object()
+async def _stop(run: asyncio.Future) -> None:
+    """Cancel the run if it still runs and wait for it: it records itself as cancelled (agents.execution.arun)."""
+    if not run.done():
+        run.cancel()
+    try:
+        await run
+    except BaseException:  # noqa: BLE001 - its cancellation (or failure) is recorded or logged by arun
+        pass
 
 
-async def _events(caller: _Caller, prepared, conversation_key, slot: _Slot, started: float):
-    """The run as server-sent events (see the module docstring). The engine runs in a task of its own;
-    its events are queued and sent as they come. The client going away cancels this generator's
-    task (Django does it): the run is cancelled, recorded and settled before the cancellation goes on."""
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def on_event(name: str, payload) -> None:
-        queue.put_nowait((name, payload))
-
-    run = None
+async def _events(caller: _Caller, prepared, conversation_key, slot: _Slot, started: float, run, queue, held,
+                  *, done: bool):
+    """The run as server-sent events (see the module docstring): ``run.started``, the events ``_stream``
+    held back, then each as it comes. The client going away cancels this generator's task or closes it
+    (Django does either): the run is cancelled, recorded and settled before its place among this
+    process's executions in flight is given back."""
     try:
         yield _event("run.started", {"runId": prepared.run_id, "revisionId": prepared.revision.id,
                                      "source": prepared.source, "conversationId": conversation_key})
-        run = asyncio.ensure_future(execution.arun(prepared, events=on_event))
-        run.add_done_callback(lambda _: queue.put_nowait(_DONE))
-        while (item := await queue.get()) is not _DONE:
+        if run is None:
+            queue, run = _start(prepared)
+        for item in held:
+            yield _event(*item)
+        while not done and (item := await queue.get()) is not _DONE:
             yield _event(*item)
         outcome = run.result()
         if outcome.result.ok:
@@ -375,15 +437,8 @@ async def _events(caller: _Caller, prepared, conversation_key, slot: _Slot, star
                  else {"code": "internal_error", "message": "An internal error occurred.", "details": {}})
         yield _event("run.failed", {"runId": prepared.run_id, "error": error})
     finally:
-        # The client went away: Django cancels this task (CancelledError here) or, when it was
-        # waiting to send, closes this generator (GeneratorExit at the yield). Either way the run
-        # stops now, records itself as cancelled (agents.execution.arun), and only then is its place
-        # in this process's executions in flight given back.
-        if run is not None and not run.done():
-            run.cancel()
-            try:
-                await run
-            except BaseException:  # noqa: BLE001 - its cancellation (or failure) is recorded or logged by arun
-                pass
+        # Django cancels this task (CancelledError here) or, when it was waiting to send, closes this
+        # generator (GeneratorExit at the yield): either way the run stops now.
+        if run is not None:
+            await _stop(run)
         slot.release()
-
