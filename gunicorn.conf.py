@@ -60,6 +60,11 @@ _prepare_metrics_dir()
 # application sees the request.
 forwarded_allow_ips = ""
 
+# Idle keep-alive connections stay open 75 s (gunicorn's default is 2 s): longer than the idle timeout
+# of the load balancers and client pools in front (60 s is common), so it is never the server that
+# closes a connection the moment a client reuses it for a request (a POST is not retried).
+keepalive = 75
+
 
 def child_exit(server, worker):
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
