@@ -149,8 +149,10 @@ class SharedRedisCache(RedisCache):
         return client[1]
 
     async def _acall(self, default, operation):
-        if not self.breaker.allow() or _pending_deletes:  # pending deletes are replayed by the sync path first
-            return default if not _pending_deletes else await _in_thread(self._sync_fallback, operation)
+        if _pending_deletes:  # the sync path replays them first (and keeps the breaker's rule)
+            return await _in_thread(operation.sync)
+        if not self.breaker.allow():
+            return default
         try:
             result = await operation(self._async_client())
         except OUTAGE_ERRORS as exc:
@@ -158,10 +160,6 @@ class SharedRedisCache(RedisCache):
             return default
         self.breaker.success()
         return result
-
-    @staticmethod
-    def _sync_fallback(operation):
-        return operation.sync()
 
     async def aget(self, key, default=None, version=None):
         made = self.make_and_validate_key(key, version=version)

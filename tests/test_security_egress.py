@@ -31,7 +31,7 @@ from monitoring.models import Budget, Run, Span
 from orgs.models import Integration
 
 from . import factories as f
-from .builders import SYSTEM, agent_with_revision, local_spec
+from .builders import agent_with_revision, local_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 # What an internal service might answer: none of it may reach a run, an API answer or an alert row.

@@ -51,7 +51,7 @@ from fruxon.api.authentication import (
     raw_api_key,
     refuse_inactive,
 )
-from fruxon.api.base import access_refusal
+from fruxon.api.base import access_refusal, closest_rate_limit_headers
 from fruxon.api.errors import error_body, exception_handler
 from fruxon.api.parsers import StoredJSONParser
 from monitoring import observability, pricing
@@ -190,7 +190,7 @@ async def _run_for(request, caller: _Caller, raw: str | None, slot: _Slot, start
         agent=caller.agent, input=data["input"], revision_id=data.get("revisionId"),
         conversation_key=data.get("conversationId"), api_key_id=getattr(caller.api_key, "pk", None),
         started=started, rate_limited_for=(caller.organization, caller.api_key), price_entries=caller.price_entries)
-    headers = _rate_limit_headers(caller.rate_limit_headers, prepared.rate_decision)
+    headers = closest_rate_limit_headers(caller.rate_limit_headers, prepared.rate_decision)
     if stream:
         return await _stream(caller, prepared, data, headers, slot, started)
     outcome = await execution.arun(prepared)
@@ -253,14 +253,6 @@ def _person_caller(request, tenant: str, agent: str) -> _Caller:
 def _parse(request):
     """The JSON body, as the DRF views parse it (400 malformed or too deep, 413 too large, 415)."""
     return Request(request, parsers=[StoredJSONParser()]).data
-
-
-def _rate_limit_headers(current: dict | None, decision) -> dict:
-    """The RateLimit-* headers of whichever limit is closest to refusing (``_TenantScoped.note_rate_limit``)."""
-    headers = decision.headers() if decision is not None else {}
-    if headers and (not current or int(headers["RateLimit-Remaining"]) < int(current["RateLimit-Remaining"])):
-        return headers
-    return current or {}
 
 
 # --- answers ------------------------------------------------------------------------------------------

@@ -69,6 +69,15 @@ def access_refusal(access: Access, *, api_key: ApiKey | None, role: str | None) 
     return None
 
 
+def closest_rate_limit_headers(current: dict | None, decision) -> dict:
+    """The RateLimit-* headers to answer with: ``decision``'s (e.g. an execute's executions per minute)
+    when its limit is closer to refusing than the request's own (``current``), else ``current``."""
+    headers = decision.headers() if decision is not None else {}
+    if headers and (not current or int(headers["RateLimit-Remaining"]) < int(current["RateLimit-Remaining"])):
+        return headers
+    return current or {}
+
+
 def _refuse_overrides(cls, base_names: set[str]) -> None:
     if cls.__name__ in base_names:
         return
@@ -172,14 +181,6 @@ class _TenantScoped:
         self.rate_limit_headers = decision.headers()
         if not decision.allowed:
             raise ratelimit.refusal(decision)
-
-    def note_rate_limit(self, decision) -> None:
-        """Answer with ``decision``'s RateLimit-* headers (e.g. an execute's executions per minute) when its
-        limit is closer to refusing than the request's own."""
-        headers = decision.headers() if decision is not None else {}
-        current = self.rate_limit_headers
-        if headers and (not current or int(headers["RateLimit-Remaining"]) < int(current["RateLimit-Remaining"])):
-            self.rate_limit_headers = headers
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
